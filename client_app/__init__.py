@@ -1,0 +1,1 @@
+"""ClientApp: this node's data, its persistent state, the local solver and the reply."""

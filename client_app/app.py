@@ -1,0 +1,93 @@
+"""The ClientApp: ``query.info`` (partition discovery), ``train`` and ``evaluate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_app.runtime import PERSONAL, assemble_model, client_data, node_partition
+from client_app.solvers import SOLVERS
+from client_app.solvers.base import SolverInput
+from client_app.state import ClientState
+from strategies.messages import CONFIG, INFO_ACTION, METRICS, SHARED, to_record
+from strategies.registry import ALGORITHMS
+from tasks.materialize import resolve_device
+from tasks.registry import get_task
+
+app = ClientApp()
+
+
+def _config(msg: Message) -> dict[str, Any]:
+    return dict(msg.content.config_records[CONFIG])
+
+
+def _state(context: Context, config: dict[str, Any], pid: int) -> ClientState:
+    state_dir = str(context.node_config.get("state-dir", "") or config["state-dir"])
+    return ClientState(context, pid, state_dir)
+
+
+@app.query(INFO_ACTION)
+def info(msg: Message, context: Context) -> Message:
+    """Report this node's partition and data sizes (loads and caches its data)."""
+    config = _config(msg)
+    pid, num = node_partition(context)
+    train, test = client_data(config, pid, num, torch.device("cpu"), torch.float32)
+    metrics = {
+        "partition-id": pid,
+        "num-partitions": num,
+        "num-train": len(train),
+        "num-test": len(test),
+    }
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Run this algorithm's local solver from ``u^t`` and the client state; reply its arrays."""
+    config = _config(msg)
+    pid, num = node_partition(context)
+    device = resolve_device(str(config["device"]))
+    state = _state(context, config, pid)
+    sk = assemble_model(config, msg.content.array_records[SHARED], state, device)
+    dtype = next(sk.model.parameters()).dtype
+    train_data, _ = client_data(config, pid, num, device, dtype)
+    generator = torch.Generator().manual_seed(
+        int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + pid
+    )
+    u = {k: torch.as_tensor(a.numpy(), device=device) for k, a in msg.content[SHARED].items()}
+    task = get_task(str(config["task"]))
+    solver = SOLVERS[ALGORITHMS[str(config["algorithm"])].solver]
+    out = solver(
+        SolverInput(task, sk.model, sk.shared, sk.personal, u, train_data, config, state, generator)
+    )
+    if sk.personal:
+        state.put(
+            PERSONAL,
+            {
+                k: v.detach().clone()
+                for k, v in sk.model.state_dict().items()
+                if k in set(sk.personal)
+            },
+        )
+    metrics = {"num-examples": len(train_data), "partition-id": pid, **out.metrics}
+    records: dict[str, Any] = {k: to_record(v) for k, v in out.records.items()}
+    return Message(RecordDict({**records, METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Personalized evaluation: ``u`` plus this client's personal block on its local test split."""
+    config = _config(msg)
+    pid, num = node_partition(context)
+    device = resolve_device(str(config["device"]))
+    sk = assemble_model(
+        config, msg.content.array_records[SHARED], _state(context, config, pid), device
+    )
+    dtype = next(sk.model.parameters()).dtype
+    _, test = client_data(config, pid, num, device, dtype)
+    scores = get_task(str(config["task"])).evaluate(sk.model, test.x, test.y)
+    metrics = {"num-examples": len(test), "partition-id": pid, **scores}
+    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,102 @@
+"""What a ClientApp handler needs before its solver runs: partition, device, data, model.
+
+Data tensors and the model skeleton are cached per process (simulation workers serve many
+nodes); the model's parameters are always overwritten from the message and the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context
+
+from client_app.state import ClientState
+from tasks.federation import build_federation, federation_spec
+from tasks.materialize import Skeleton, Tensors, as_tensors, build_skeleton
+from tasks.registry import get_task
+
+PERSONAL = "personal"
+"""State key of the personal block ``v_i`` (never sent)."""
+
+
+class NodeConfigError(RuntimeError):
+    """The SuperNode was started without a usable partition in ``--node-config``."""
+
+
+def node_partition(context: Context) -> tuple[int, int]:
+    """(partition-id, num-partitions) of this node, from its node config."""
+    try:
+        pid = int(context.node_config["partition-id"])
+        num = int(context.node_config["num-partitions"])
+    except (KeyError, ValueError) as err:
+        raise NodeConfigError(
+            "this SuperNode has no integer partition-id/num-partitions; start it with "
+            "--node-config 'partition-id=<i> num-partitions=<N>'"
+        ) from err
+    return pid, num
+
+
+@lru_cache(maxsize=64)
+def _client_tensors(
+    config_items: tuple[tuple[str, Any], ...],
+    pid: int,
+    num: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[Tensors, Tensors]:
+    split = build_federation(federation_spec(dict(config_items), num)).clients[pid]
+    return as_tensors(split.train, device, dtype), as_tensors(split.test, device, dtype)
+
+
+def _data_key(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    keys = (
+        "task",
+        "data-dir",
+        "download",
+        "seed",
+        "partitioner",
+        "dirichlet-alpha",
+        "classes-per-client",
+        "local-test-fraction",
+    )
+    return tuple((k, config[k]) for k in keys)
+
+
+def client_data(
+    config: Mapping[str, Any], pid: int, num: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensors, Tensors]:
+    """This client's (train, test) tensors on ``device``."""
+    return _client_tensors(_data_key(config), pid, num, device, dtype)
+
+
+@lru_cache(maxsize=8)
+def _skeleton(task_name: str, personalization: str, seed: int, device: torch.device) -> Skeleton:
+    sk = build_skeleton(get_task(task_name), personalization, seed)
+    sk.model.to(device)
+    return Skeleton(sk.model, {k: v.to(device) for k, v in sk.init.items()}, sk.shared, sk.personal)
+
+
+def assemble_model(
+    config: Mapping[str, Any], u: ArrayRecord, state: ClientState, device: torch.device
+) -> Skeleton:
+    """The client's current model: shared block from ``u``, personal block from state.
+
+    A client that never trained starts its personal block at the common initialisation.
+    Raises ValueError if ``u`` does not hold exactly the shared parameters.
+    """
+    sk = _skeleton(str(config["task"]), str(config["personalization"]), int(config["seed"]), device)
+    if list(u.keys()) != sk.shared:
+        raise ValueError(
+            f"received shared block {list(u.keys())[:4]}... does not match this model's "
+            f"shared parameters {sk.shared[:4]}...; server and client disagree on task or "
+            "personalization"
+        )
+    values = dict(sk.init)
+    values.update({k: torch.as_tensor(a.numpy(), device=device) for k, a in u.items()})
+    if sk.personal:
+        values.update(state.get(PERSONAL, device) or {})
+    sk.model.load_state_dict(values)
+    return sk

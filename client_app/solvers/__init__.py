@@ -1,0 +1,9 @@
+"""Local solvers by name (the ``solver`` of an algorithm preset)."""
+
+from client_app.solvers.admm import admm
+from client_app.solvers.base import Solver
+from client_app.solvers.sgd import prox_sgd, sgd
+
+SOLVERS: dict[str, Solver] = {"sgd": sgd, "prox-sgd": prox_sgd, "admm": admm}
+
+__all__ = ["SOLVERS", "Solver"]

@@ -1,0 +1,31 @@
+"""Local SGD, optionally with FedProx's proximal term ``(mu/2)||u - u^t||²`` (§5)."""
+
+from __future__ import annotations
+
+import torch
+
+from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
+from strategies.messages import SHARED
+
+
+def sgd(inp: SolverInput) -> SolverOutput:
+    """FedAvg / FedPer client: ``local-epochs`` of SGD on ``f_i`` over every parameter."""
+    return _train(inp, mu=0.0)
+
+
+def prox_sgd(inp: SolverInput) -> SolverOutput:
+    """FedProx client: SGD on ``f_i(w) + (mu/2)||u - u^t||²``, ``mu = proximal-mu``.
+
+    The proximal term acts on the shared block only (the personal block has no server copy).
+    """
+    return _train(inp, mu=float(inp.config["proximal-mu"]))
+
+
+def _train(inp: SolverInput, mu: float) -> SolverOutput:
+    def prox(name: str, w: torch.Tensor) -> torch.Tensor | None:
+        return mu * (w.detach() - inp.u[name]) if name in inp.u else None
+
+    loss = local_sgd(
+        inp, inp.shared + inp.personal, int(inp.config["local-epochs"]), prox if mu else None
+    )
+    return SolverOutput({SHARED: inp.named(inp.shared)}, {"train-loss": loss})

@@ -1,0 +1,1 @@
+"""ServerApp: validated run config, task and strategy, the rounds, results and plots."""

@@ -1,0 +1,1 @@
+"""Aggregation rules (Flower strategies) and the shared mechanics they stand on."""

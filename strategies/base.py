@@ -1,0 +1,453 @@
+"""Shared mechanics of every aggregation rule: node discovery, seeded sampling, message
+layout, reply validation, byte accounting and the round loop.
+
+An aggregation rule subclasses ``FederatedStrategy`` and provides ``aggregate`` (and, if it
+keeps per-node state or sends per-node arrays, ``init_state`` / ``node_records``), in the
+spirit of Flower's own ``FedProx``: small subclasses over one well-tested base.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from strategies.messages import CONFIG, INFO_ACTION, METRICS, SHARED, record_nbytes
+
+Scalar = int | float | str | bool
+RoundCallback = Callable[[int, dict[str, float]], None]
+EvaluateFn = Callable[[int, ArrayRecord], dict[str, float] | None]
+
+
+class FederationError(RuntimeError):
+    """The nodes do not form a valid federation (missing or inconsistent partition ids)."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a node reported in ``query.info``."""
+
+    node_id: int
+    partition_id: int
+    num_partitions: int
+    num_train: int
+    num_test: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A validated training reply: the sender's partition, its arrays and metrics."""
+
+    partition_id: int
+    arrays: dict[str, dict[str, np.ndarray]]
+    metrics: dict[str, float]
+
+    @property
+    def num_examples(self) -> int:
+        """Training examples the client used (its aggregation weight where one is needed)."""
+        return int(self.metrics["num-examples"])
+
+
+@dataclass
+class RoundLog:
+    """Bytes moved in the current round (payload of all arrays, both directions)."""
+
+    bytes_down: int = 0
+    bytes_up: int = 0
+    dropped: list[str] = field(default_factory=list)
+
+
+class FederatedStrategy(Strategy):
+    """Base of every dualflower aggregation rule.
+
+    Sampling is over *partitions* with the run's own seeded generator (Flower's node ids are
+    random per run), after one ``query.info`` exchange that maps node id -> partition id.
+    Each training message carries ``SHARED`` (the current ``u``), ``CONFIG`` and whatever
+    ``node_records`` adds for that node; each reply must carry the ArrayRecord(s) named in
+    ``reply_records`` with the shared block's names, shapes and dtypes, all finite, or it is
+    dropped with a logged reason.
+    """
+
+    reply_records: tuple[str, ...] = (SHARED,)
+
+    def __init__(self, config: Mapping[str, Scalar]) -> None:
+        self.config = dict(config)
+        self.seed = int(config["seed"])
+        self.fraction_train = float(config["fraction-train"])
+        self.fraction_evaluate = float(config["fraction-evaluate"])
+        self.min_train_nodes = int(config["min-train-nodes"])
+        self.timeout = float(config["round-timeout"])
+        self.nodes: dict[int, NodeInfo] = {}
+        self.shared_template: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.round_log = RoundLog()
+        self._current = ArrayRecord()
+
+    # ----------------------------------------------------------------- discovery / sampling
+    @property
+    def num_clients(self) -> int:
+        """Number of clients ``m`` in the federation."""
+        return len(self.nodes)
+
+    def discover(self, grid: Grid) -> dict[int, NodeInfo]:
+        """Ask every node for its partition id and data sizes; wait until all partitions answer.
+
+        Raises FederationError when partition ids clash, disagree on ``num-partitions`` or do
+        not all arrive within ``round-timeout``.
+        """
+        deadline = time.monotonic() + self.timeout
+        asked: set[int] = set()
+        expected: int | None = None
+        while expected is None or len(self.nodes) < expected:
+            new = [n for n in grid.get_node_ids() if n not in asked]
+            asked.update(new)
+            msgs = [
+                Message(
+                    RecordDict({CONFIG: ConfigRecord(self.config)}),
+                    dst_node_id=n,
+                    message_type=f"{MessageType.QUERY}.{INFO_ACTION}",
+                    group_id="discovery",
+                )
+                for n in new
+            ]
+            for reply in grid.send_and_receive(msgs, timeout=self.timeout) if msgs else []:
+                if reply.has_error():
+                    raise FederationError(
+                        f"node {reply.metadata.src_node_id} failed to report its partition: "
+                        f"{reply.error.reason}"
+                    )
+                info = self._node_info(reply)
+                expected = expected or info.num_partitions
+                if info.num_partitions != expected:
+                    raise FederationError(
+                        f"node {info.node_id} says num-partitions={info.num_partitions}, others "
+                        f"{expected}; give every SuperNode the same num-partitions"
+                    )
+                clash = [i for i in self.nodes.values() if i.partition_id == info.partition_id]
+                if clash:
+                    raise FederationError(
+                        f"nodes {clash[0].node_id} and {info.node_id} both hold partition-id="
+                        f"{info.partition_id}; give each SuperNode its own partition-id"
+                    )
+                self.nodes[info.partition_id] = info
+            if expected is not None and len(self.nodes) >= expected:
+                break
+            if time.monotonic() > deadline:
+                missing = sorted(set(range(expected or 0)) - set(self.nodes))
+                raise FederationError(
+                    f"only {len(self.nodes)} of {expected} partitions connected within "
+                    f"round-timeout={self.timeout}s; missing partition-ids {missing}"
+                )
+            time.sleep(0.5)
+        log(
+            INFO,
+            "Federation: %d clients, %d training examples",
+            self.num_clients,
+            sum(i.num_train for i in self.nodes.values()),
+        )
+        return self.nodes
+
+    @staticmethod
+    def _node_info(reply: Message) -> NodeInfo:
+        m = reply.content[METRICS]
+        pid, num = int(m["partition-id"]), int(m["num-partitions"])
+        if not 0 <= pid < num:
+            raise FederationError(
+                f"node {reply.metadata.src_node_id} has partition-id={pid} outside "
+                f"[0, num-partitions={num})"
+            )
+        return NodeInfo(
+            reply.metadata.src_node_id, pid, num, int(m["num-train"]), int(m["num-test"])
+        )
+
+    def sample(self, server_round: int, fraction: float, minimum: int, stream: int) -> list[int]:
+        """Partition ids for this round: ``max(floor(fraction·m), minimum)`` without replacement,
+        drawn from a generator seeded by ``(seed, round, stream)``.
+        """
+        m = self.num_clients
+        k = min(m, max(int(fraction * m), minimum))
+        rng = np.random.default_rng([self.seed, server_round, stream])
+        return sorted(int(p) for p in rng.choice(m, size=k, replace=False))
+
+    # ----------------------------------------------------------------- hooks for the rules
+    def init_state(self, initial: ArrayRecord) -> None:
+        """Set up per-node server state once the federation and ``u^0`` are known."""
+
+    def node_records(self, partition_id: int) -> dict[str, ArrayRecord]:
+        """Extra ArrayRecords for one node's training message (e.g. per-node arrays)."""
+        return {}
+
+    def node_config(self, partition_id: int) -> dict[str, Scalar]:
+        """Extra per-node config values: by default the client weight ``alpha`` (§1.1)."""
+        n = sum(i.num_train for i in self.nodes.values())
+        weight = (
+            self.nodes[partition_id].num_train / n
+            if self.config["client-weighting"] == "examples"
+            else 1.0 / self.num_clients
+        )
+        return {"alpha": weight, "num-clients": self.num_clients}
+
+    @abstractmethod
+    def aggregate(
+        self, server_round: int, current: ArrayRecord, replies: list[Reply]
+    ) -> ArrayRecord:
+        """The new shared block ``u`` from this round's valid replies."""
+
+    # ----------------------------------------------------------------- Flower hooks
+    def summary(self) -> None:
+        """Log the rule and its main settings."""
+        log(
+            INFO,
+            "%s: %d clients, fraction-train=%s, seed=%s",
+            type(self).__name__,
+            self.num_clients,
+            self.fraction_train,
+            self.seed,
+        )
+
+    def _message(
+        self, partition_id: int, records: dict[str, Any], message_type: str, server_round: int
+    ) -> Message:
+        content = RecordDict(records)
+        for rec in content.array_records.values():
+            self.round_log.bytes_down += record_nbytes(rec)
+        return Message(
+            content,
+            dst_node_id=self.nodes[partition_id].node_id,
+            message_type=message_type,
+            group_id=str(server_round),
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One message per sampled partition: ``u``, the config and the rule's node records."""
+        return [
+            self._message(
+                pid,
+                {
+                    SHARED: arrays,
+                    **self.node_records(pid),
+                    CONFIG: ConfigRecord(
+                        {**dict(config), **self.node_config(pid), "server-round": server_round}
+                    ),
+                },
+                MessageType.TRAIN,
+                server_round,
+            )
+            for pid in self.sample(server_round, self.fraction_train, self.min_train_nodes, 1)
+        ]
+
+    def validate(self, reply: Message) -> Reply:
+        """A Reply if ``reply`` is well-formed; ValueError naming the defect otherwise."""
+        if reply.has_error():
+            raise ValueError(f"client error: {reply.error.reason}")
+        content = reply.content
+        if METRICS not in content.metric_records:
+            raise ValueError(f"no MetricRecord {METRICS!r}")
+        metrics = {
+            k: float(v)
+            for k, v in content.metric_records[METRICS].items()
+            if isinstance(v, int | float)
+        }
+        if not metrics.get("num-examples", 0) > 0:
+            raise ValueError("metric 'num-examples' missing or not positive")
+        pid = int(metrics.get("partition-id", -1))
+        if self.nodes.get(pid) is None or self.nodes[pid].node_id != reply.metadata.src_node_id:
+            raise ValueError(f"partition-id {pid} does not belong to the sending node")
+        arrays: dict[str, dict[str, np.ndarray]] = {}
+        for name in self.reply_records:
+            if name not in content.array_records:
+                raise ValueError(f"ArrayRecord {name!r} missing")
+            record = content.array_records[name]
+            self.round_log.bytes_up += record_nbytes(record)
+            if list(record.keys()) != list(self.shared_template):
+                raise ValueError(f"ArrayRecord {name!r} does not hold exactly the shared arrays")
+            arrays[name] = {}
+            for key, arr in record.items():
+                shape, dtype = self.shared_template[key]
+                if tuple(arr.shape) != shape or arr.dtype != dtype:
+                    raise ValueError(
+                        f"{name}[{key}] has shape {tuple(arr.shape)} {arr.dtype}, "
+                        f"expected {shape} {dtype}"
+                    )
+                values = arr.numpy()
+                if not np.isfinite(values).all():
+                    raise ValueError(f"{name}[{key}] has non-finite values")
+                arrays[name][key] = values
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise ValueError("non-finite metric values")
+        return Reply(pid, arrays, metrics)
+
+    def valid_replies(
+        self, server_round: int, replies: Iterable[Message], kind: str
+    ) -> list[Reply]:
+        """The replies that pass ``validate``; the others are logged and dropped."""
+        valid = []
+        for msg in replies:
+            try:
+                valid.append(self.validate(msg) if kind == "train" else self._validate_eval(msg))
+            except ValueError as err:
+                node = msg.metadata.src_node_id
+                reason = f"round {server_round}: dropped {kind} reply of node {node}: {err}"
+                log(WARNING, reason)
+                self.round_log.dropped.append(reason)
+        return valid
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate the replies, apply the rule, and summarise the clients' training metrics."""
+        valid = self.valid_replies(server_round, replies, "train")
+        if not valid:
+            log(WARNING, "round %d: no valid training reply; the model is unchanged", server_round)
+            return None, None
+        arrays = self.aggregate(server_round, self._current, valid)
+        return arrays, MetricRecord(summarize_train_metrics(valid))
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Personalized evaluation: ``u`` and the config to a seeded sample of partitions."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        return [
+            self._message(
+                pid,
+                {
+                    SHARED: arrays,
+                    CONFIG: ConfigRecord({**dict(config), "server-round": server_round}),
+                },
+                MessageType.EVALUATE,
+                server_round,
+            )
+            for pid in self.sample(server_round, self.fraction_evaluate, 1, 2)
+        ]
+
+    @staticmethod
+    def _validate_eval(reply: Message) -> Reply:
+        if reply.has_error():
+            raise ValueError(f"client error: {reply.error.reason}")
+        m = reply.content.metric_records.get(METRICS)
+        if m is None or not float(m.get("num-examples", 0)) >= 0:
+            raise ValueError("no valid MetricRecord")
+        return Reply(
+            int(m["partition-id"]),
+            {},
+            {k: float(v) for k, v in m.items() if isinstance(v, int | float)},
+        )
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Example-weighted mean of the clients' personalized test metrics (NaN-aware)."""
+        valid = self.valid_replies(server_round, replies, "evaluate")
+        return MetricRecord(weighted_means(valid, prefix="personal-")) if valid else None
+
+    # ----------------------------------------------------------------- the loop
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> Result:
+        """Discover the nodes, then run ``num_rounds`` of train -> aggregate -> evaluate.
+
+        Same hooks and order as Flower's ``Strategy.start``, plus node discovery before round 1
+        and one ``on_round(round, row)`` call per round (row: wall time, bytes, train and
+        evaluation metrics) instead of Flower's multi-line log.
+        """
+        self.timeout = timeout
+        if not self.nodes:
+            self.discover(grid)
+        self.shared_template = {k: (tuple(a.shape), a.dtype) for k, a in initial_arrays.items()}
+        self.init_state(initial_arrays)
+        self.summary()
+        train_config = train_config or ConfigRecord(self.config)
+        evaluate_config = evaluate_config or ConfigRecord(self.config)
+        result = Result(arrays=initial_arrays)
+        arrays = initial_arrays
+        if evaluate_fn is not None and on_round is not None:
+            on_round(0, {"wall-time": 0.0, **(evaluate_fn(0, arrays) or {})})
+        for rnd in range(1, num_rounds + 1):
+            t0 = time.monotonic()
+            self.round_log = RoundLog()
+            self._current = arrays
+            replies = grid.send_and_receive(
+                self.configure_train(rnd, arrays, train_config, grid), timeout=timeout
+            )
+            new_arrays, train_metrics = self.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+                result.arrays = arrays
+            row: dict[str, float] = {}
+            if train_metrics is not None:
+                result.train_metrics_clientapp[rnd] = train_metrics
+                row.update({k: float(v) for k, v in train_metrics.items()})  # type: ignore[arg-type]
+            eval_msgs = list(self.configure_evaluate(rnd, arrays, evaluate_config, grid))
+            if eval_msgs:
+                eval_metrics = self.aggregate_evaluate(
+                    rnd, grid.send_and_receive(eval_msgs, timeout=timeout)
+                )
+                if eval_metrics is not None:
+                    result.evaluate_metrics_clientapp[rnd] = eval_metrics
+                    row.update({k: float(v) for k, v in eval_metrics.items()})  # type: ignore[arg-type]
+            if evaluate_fn is not None:
+                global_metrics = evaluate_fn(rnd, arrays)
+                if global_metrics:
+                    result.evaluate_metrics_serverapp[rnd] = MetricRecord(global_metrics)
+                    row.update(global_metrics)
+            row.update(
+                {
+                    "wall-time": time.monotonic() - t0,
+                    "bytes-down": float(self.round_log.bytes_down),
+                    "bytes-up": float(self.round_log.bytes_up),
+                    "dropped-replies": float(len(self.round_log.dropped)),
+                }
+            )
+            if on_round is not None:
+                on_round(rnd, row)
+        return result
+
+
+def weighted_means(replies: list[Reply], prefix: str = "") -> dict[str, float]:
+    """Example-weighted mean of every metric the replies share, skipping NaN values."""
+    keys = set.intersection(*(set(r.metrics) for r in replies)) - {"num-examples", "partition-id"}
+    out: dict[str, float] = {}
+    for key in sorted(keys):
+        pairs = [
+            (r.metrics[key], r.metrics["num-examples"])
+            for r in replies
+            if math.isfinite(r.metrics[key])
+        ]
+        total = sum(w for _, w in pairs)
+        out[prefix + key] = sum(v * w for v, w in pairs) / total if total > 0 else math.nan
+    return out
+
+
+def summarize_train_metrics(replies: list[Reply]) -> dict[str, float]:
+    """Example-weighted train loss; mean and max over clients of every ``*-norm`` metric."""
+    out = {
+        "train-loss": weighted_means(replies).get("train-loss", math.nan),
+        "clients": float(len(replies)),
+    }
+    norms = sorted({k for r in replies for k in r.metrics if k.endswith("-norm")})
+    for key in norms:
+        values = [r.metrics[key] for r in replies if key in r.metrics]
+        out[f"{key}-mean"] = float(np.mean(values))
+        out[f"{key}-max"] = float(np.max(values))
+    return out

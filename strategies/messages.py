@@ -1,0 +1,45 @@
+"""Names of the records every message carries, and conversions between records and tensors.
+
+Arrays that belong to one aggregation rule (e.g. ADMM's ``"z"``) are named in that rule's
+module; the ones here are common to all rules.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+SHARED = "shared"
+"""ArrayRecord server -> client: the current shared block ``u`` (global model part)."""
+CONFIG = "config"
+"""ConfigRecord server -> client: the resolved run config plus ``server-round``."""
+METRICS = "metrics"
+"""MetricRecord client -> server: ``num-examples``, ``partition-id`` and the solver's metrics."""
+INFO_ACTION = "info"
+"""Custom query action (``query.info``): the node reports its partition and data sizes."""
+
+
+def to_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """An ArrayRecord holding ``tensors`` in their order (detached, on CPU)."""
+    return ArrayRecord(
+        OrderedDict((k, Array(v.detach().cpu().contiguous().numpy())) for k, v in tensors.items())
+    )
+
+
+def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The arrays of ``record`` as numpy arrays, in record order."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of numpy ``arrays``, in their order."""
+    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays.items()))
+
+
+def record_nbytes(record: ArrayRecord) -> int:
+    """Payload bytes of the arrays in ``record`` (what the transport must carry)."""
+    return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in record.values()))

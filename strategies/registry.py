@@ -1,0 +1,46 @@
+"""Named algorithms as presets of (aggregation rule, local solver, personalization modes).
+
+DESIGN.md: every method is three independent choices. The ServerApp builds the rule from
+``aggregation``; the ClientApp runs the solver named by ``solver``; ``personalization``
+lists the modes for which the combination is defined (the first is the preset's default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from strategies.admm import ConsensusADMMStrategy
+from strategies.base import FederatedStrategy
+from strategies.mean import MeanStrategy
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One preset: the aggregation rule, the client's solver and the allowed personalization."""
+
+    aggregation: type[FederatedStrategy]
+    solver: str
+    personalization: tuple[str, ...]
+    summary: str
+
+
+ANY_MODE = ("none", "input", "output", "split-input")
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "fedavg": Algorithm(MeanStrategy, "sgd", ANY_MODE, "FedAvg: local SGD, sample-weighted mean"),
+    "fedprox": Algorithm(
+        MeanStrategy, "prox-sgd", ANY_MODE, "FedProx: SGD + (mu/2)||u - u^t||^2, weighted mean"
+    ),
+    "fedper": Algorithm(
+        MeanStrategy,
+        "sgd",
+        ("output", "input", "split-input"),
+        "FedPer: FedAvg over the shared block, personal head kept locally",
+    ),
+    "fedadmm": Algorithm(
+        ConsensusADMMStrategy,
+        "admm",
+        ANY_MODE,
+        "FedADMM (Gong et al.): augmented-Lagrangian local solve, mean of stale z_i",
+    ),
+}

@@ -1,0 +1,1 @@
+"""Tasks: datasets with their partitioning, models, personalization presets and metrics."""

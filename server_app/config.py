@@ -8,7 +8,7 @@ strategy sends to every client in its ConfigRecord.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,15 +28,25 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Key:
-    """One run-config key: its type, a predicate on the value and the allowed values in words."""
+    """One run-config key: its type, a predicate on the value and the allowed values in words.
+
+    ``describe`` is called when an error is reported, so registries extended at run time
+    (e.g. a task added by a plugin or a test) are listed as they are then.
+    """
 
     kind: type
     check: Callable[[Any], bool]
-    allowed: str
+    describe: Callable[[], str]
+
+    @property
+    def allowed(self) -> str:
+        """The allowed values, in words."""
+        return self.describe()
 
 
-def _choice(options: tuple[str, ...] | list[str]) -> Key:
-    return Key(str, lambda v: v in options, "one of " + ", ".join(repr(o) for o in options))
+def _choice(options: Collection[str]) -> Key:
+    """A string key whose value must be in ``options`` (looked up at check time)."""
+    return Key(str, lambda v: v in options, lambda: "one of " + ", ".join(map(repr, options)))
 
 
 def _num(kind: type, low: float, high: float = math.inf, low_open: bool = False) -> Key:
@@ -47,18 +57,17 @@ def _num(kind: type, low: float, high: float = math.inf, low_open: bool = False)
 
     left = "(" if low_open else "["
     right = "]" if high != math.inf else ")"
-    return Key(
-        kind, check, f"a{'n integer' if kind is int else ' number'} in {left}{low}, {high}{right}"
-    )
+    text = f"a{'n integer' if kind is int else ' number'} in {left}{low}, {high}{right}"
+    return Key(kind, check, lambda: text)
 
 
 def _any(kind: type, allowed: str) -> Key:
-    return Key(kind, lambda v: True, allowed)
+    return Key(kind, lambda v: True, lambda: allowed)
 
 
 SCHEMA: dict[str, Key] = {
-    "algorithm": _choice(list(ALGORITHMS)),
-    "task": _choice(list(TASKS)),
+    "algorithm": _choice(ALGORITHMS),
+    "task": _choice(TASKS),
     "num-server-rounds": _num(int, 1),
     "fraction-train": _num(float, 0.0, 1.0, low_open=True),
     "fraction-evaluate": _num(float, 0.0, 1.0),
@@ -80,7 +89,7 @@ SCHEMA: dict[str, Key] = {
     "client-weighting": _choice(("uniform", "examples")),
     "data-dir": _any(str, "a directory path ('' = none)"),
     "download": _any(bool, "true or false"),
-    "output-dir": Key(str, lambda v: bool(v.strip()), "a non-empty directory path"),
+    "output-dir": Key(str, lambda v: bool(v.strip()), lambda: "a non-empty directory path"),
     "run-name": _any(str, "a name ('' = algorithm-task-seed-time)"),
     "round-timeout": _num(float, 0.0, low_open=True),
     "state-dir": _any(str, "a directory path ('' = keep client state in memory only)"),

@@ -34,8 +34,11 @@ class LocalGrid(Grid):
             nid: Context(
                 run_id=1,
                 node_id=nid,
-                node_config=(node_config(i) if node_config else
-                             {"partition-id": i, "num-partitions": num_nodes}),
+                node_config=(
+                    node_config(i)
+                    if node_config
+                    else {"partition-id": i, "num-partitions": num_nodes}
+                ),
                 state=RecordDict(),
                 run_config={},
             )

@@ -1,0 +1,143 @@
+"""Every run-config validation path stops the run before round 1 with a precise message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from server_app.config import SCHEMA, ConfigError, validate_run_config
+from tests.conftest import default_config, run_local
+
+BAD_VALUES: dict[str, Any] = {
+    "algorithm": "fedfoo",
+    "task": "imagenet",
+    "num-server-rounds": 0,
+    "fraction-train": 0.0,
+    "fraction-evaluate": 1.5,
+    "min-train-nodes": 0,
+    "local-epochs": 0,
+    "batch-size": 0,
+    "lr": 0.0,
+    "momentum": 1.0,
+    "weight-decay": -0.1,
+    "seed": -1,
+    "device": "tpu",
+    "partitioner": "random",
+    "dirichlet-alpha": 0.0,
+    "classes-per-client": 0,
+    "personalization": "everything",
+    "local-test-fraction": 0.95,
+    "proximal-mu": -1.0,
+    "rho": 0.0,
+    "client-weighting": "sqrt",
+    "output-dir": "  ",
+    "round-timeout": 0.0,
+}
+
+
+def test_defaults_are_valid() -> None:
+    cfg = validate_run_config(default_config())
+    assert cfg["personalization"] == "none"  # 'auto' resolved for fedavg
+    assert isinstance(cfg["lr"], float)
+
+
+def test_every_key_has_a_bad_value_test() -> None:
+    free_text = {"data-dir", "download", "run-name", "state-dir"}
+    assert set(BAD_VALUES) | free_text == set(SCHEMA)
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_out_of_range_value_names_key_value_and_allowed(key: str) -> None:
+    cfg = default_config()
+    cfg[key] = BAD_VALUES[key]
+    with pytest.raises(ConfigError) as err:
+        validate_run_config(cfg)
+    msg = str(err.value)
+    assert key in msg and repr(BAD_VALUES[key]) in msg
+    assert ("one of" in msg) or ("in [" in msg) or ("in (" in msg) or ("non-empty" in msg)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_numbers_rejected(value: float) -> None:
+    cfg = default_config() | {"lr": value}
+    with pytest.raises(ConfigError, match="lr="):
+        validate_run_config(cfg)
+
+
+def test_unknown_key_is_listed() -> None:
+    with pytest.raises(ConfigError, match=r"unknown run-config key\(s\) learning-rate"):
+        validate_run_config(default_config() | {"learning-rate": 0.1})
+
+
+def test_missing_key_is_listed() -> None:
+    cfg = default_config()
+    del cfg["rho"]
+    with pytest.raises(ConfigError, match="lacks key.*rho"):
+        validate_run_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("local-epochs", "3"), ("num-server-rounds", 2.5), ("seed", True),
+                       ("download", 1), ("lr", "0.1")]
+)
+def test_wrong_type(key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=f"{key}=.*has type"):
+        validate_run_config(default_config() | {key: value})
+
+
+def test_int_accepted_for_float_key() -> None:
+    assert validate_run_config(default_config() | {"lr": 1})["lr"] == 1.0
+
+
+def test_auto_personalization_follows_the_preset() -> None:
+    assert validate_run_config(default_config() | {"algorithm": "fedper"})["personalization"] == (
+        "output"
+    )
+
+
+def test_personalization_not_defined_for_algorithm() -> None:
+    cfg = default_config() | {"algorithm": "fedper", "personalization": "none"}
+    with pytest.raises(ConfigError, match="personalization='none' is not defined for algorithm"):
+        validate_run_config(cfg)
+
+
+def test_personalization_not_defined_for_model() -> None:
+    cfg = default_config() | {"personalization": "split-input"}
+    with pytest.raises(ConfigError, match="not defined for model SmallCNN.*allowed.*input, output"):
+        validate_run_config(cfg)
+
+
+def test_natural_partitioner_needs_natural_clients() -> None:
+    cfg = default_config() | {"partitioner": "natural"}
+    with pytest.raises(ConfigError, match="partitioner='natural'.*task='digits' has none"):
+        validate_run_config(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda() -> None:
+    with pytest.raises(ConfigError, match="device='cuda'.*not available"):
+        validate_run_config(default_config() | {"device": "cuda"})
+
+
+def test_invalid_config_sends_nothing(tmp_path: Any) -> None:
+    cfg = default_config() | {"output-dir": str(tmp_path), "rho": -1.0}
+    from client_app.app import app as client_app
+    from server_app.app import run_federation
+    from tests.local_grid import LocalGrid
+
+    grid = LocalGrid(client_app, 3)
+    with pytest.raises(ConfigError, match="rho=-1.0"):
+        run_federation(grid, cfg)
+    assert grid.sent == []
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_dataset_stops_before_round_one(tmp_path: Any) -> None:
+    cfg = default_config() | {"output-dir": str(tmp_path / "o"), "task": "cifar10",
+                              "data-dir": str(tmp_path / "nowhere")}
+    with pytest.raises(Exception, match="nowhere") as err:
+        run_local(cfg, 2)
+    assert "download" in str(err.value) or "cifar" in str(err.value).lower()
+    assert not (tmp_path / "o").exists()

@@ -138,7 +138,7 @@ def split_local(
     rng = np.random.default_rng([seed, partition_id, 7919])
     perm = rng.permutation(idx)
     n_test = round(test_fraction * len(perm))
-    if len(perm) > 1:
+    if test_fraction > 0 and len(perm) > 1:
         n_test = min(max(n_test, 1), len(perm) - 1)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 

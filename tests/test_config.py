@@ -79,8 +79,14 @@ def test_missing_key_is_listed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("local-epochs", "3"), ("num-server-rounds", 2.5), ("seed", True),
-                       ("download", 1), ("lr", "0.1")]
+    ("key", "value"),
+    [
+        ("local-epochs", "3"),
+        ("num-server-rounds", 2.5),
+        ("seed", True),
+        ("download", 1),
+        ("lr", "0.1"),
+    ],
 )
 def test_wrong_type(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f"{key}=.*has type"):
@@ -135,8 +141,11 @@ def test_invalid_config_sends_nothing(tmp_path: Any) -> None:
 
 
 def test_missing_dataset_stops_before_round_one(tmp_path: Any) -> None:
-    cfg = default_config() | {"output-dir": str(tmp_path / "o"), "task": "cifar10",
-                              "data-dir": str(tmp_path / "nowhere")}
+    cfg = default_config() | {
+        "output-dir": str(tmp_path / "o"),
+        "task": "cifar10",
+        "data-dir": str(tmp_path / "nowhere"),
+    }
     with pytest.raises(Exception, match="nowhere") as err:
         run_local(cfg, 2)
     assert "download" in str(err.value) or "cifar" in str(err.value).lower()

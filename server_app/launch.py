@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    print(
+        f"dualflower-run: SuperLink pid {superlink.pid} on 127.0.0.1:{port}, log {log_path}",
+        flush=True,
+    )
     try:
         _wait_healthy(port, superlink, log_path, args.startup_timeout)
         fed = f"num-supernodes={args.num_supernodes} {args.federation_config}".strip()
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             superlink.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(superlink.pid, signal.SIGKILL)
+            superlink.wait()
     if submitted != 0 or not status.startswith("finished:completed"):
         print(
             f"dualflower-run: the run did not complete (status: {status}); "

@@ -291,7 +291,7 @@ class FederatedStrategy(Strategy):
     def valid_replies(
         self, server_round: int, replies: Iterable[Message], kind: str
     ) -> list[Reply]:
-        """The replies that pass ``validate``; the others are logged and dropped."""
+        """The replies that pass ``validate``, by partition id; the others are logged and dropped."""
         valid = []
         for msg in replies:
             try:
@@ -301,7 +301,7 @@ class FederatedStrategy(Strategy):
                 reason = f"round {server_round}: dropped {kind} reply of node {node}: {err}"
                 log(WARNING, reason)
                 self.round_log.dropped.append(reason)
-        return valid
+        return sorted(valid, key=lambda r: r.partition_id)  # arrival order must not matter
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

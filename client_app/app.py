@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.runtime import PERSONAL, assemble_model, client_data, node_partition
 from client_app.solvers import SOLVERS
 from client_app.solvers.base import SolverInput
 from client_app.state import ClientState
-from strategies.messages import CONFIG, INFO_ACTION, METRICS, SHARED, to_record
+from strategies.messages import CONFIG, INFO_ACTION, METRICS, SHARED, metric_record, to_record
 from strategies.registry import ALGORITHMS
 from tasks.materialize import resolve_device
 from tasks.registry import get_task
@@ -41,7 +41,7 @@ def info(msg: Message, context: Context) -> Message:
         "num-train": len(train),
         "num-test": len(test),
     }
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({METRICS: metric_record(metrics)}), reply_to=msg)
 
 
 @app.train()
@@ -57,7 +57,10 @@ def train(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(
         int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + pid
     )
-    u = {k: torch.as_tensor(a.numpy(), device=device) for k, a in msg.content[SHARED].items()}
+    u = {
+        k: torch.as_tensor(a.numpy(), device=device)
+        for k, a in msg.content.array_records[SHARED].items()
+    }
     task = get_task(str(config["task"]))
     solver = SOLVERS[ALGORITHMS[str(config["algorithm"])].solver]
     out = solver(
@@ -74,7 +77,7 @@ def train(msg: Message, context: Context) -> Message:
         )
     metrics = {"num-examples": len(train_data), "partition-id": pid, **out.metrics}
     records: dict[str, Any] = {k: to_record(v) for k, v in out.records.items()}
-    return Message(RecordDict({**records, METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({**records, METRICS: metric_record(metrics)}), reply_to=msg)
 
 
 @app.evaluate()
@@ -90,4 +93,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, test = client_data(config, pid, num, device, dtype)
     scores = get_task(str(config["task"])).evaluate(sk.model, test.x, test.y)
     metrics = {"num-examples": len(test), "partition-id": pid, **scores}
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({METRICS: metric_record(metrics)}), reply_to=msg)

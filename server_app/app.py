@@ -8,13 +8,13 @@ from typing import Any
 
 import flwr
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server_app.config import validate_run_config
 from server_app.results import RunRecorder, resolve_run_dir
 from strategies.base import EvaluateFn
-from strategies.messages import record_to_numpy, to_record
+from strategies.messages import config_record, record_to_numpy, to_record
 from strategies.registry import ALGORITHMS
 from tasks.federation import build_federation, federation_spec
 from tasks.materialize import as_tensors, build_skeleton, resolve_device
@@ -58,8 +58,8 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
         initial,
         num_rounds=int(cfg["num-server-rounds"]),
         timeout=float(cfg["round-timeout"]),
-        train_config=ConfigRecord(cfg),
-        evaluate_config=ConfigRecord(cfg),
+        train_config=config_record(cfg),
+        evaluate_config=config_record(cfg),
         evaluate_fn=evaluate_fn,
         on_round=recorder.record,
     )

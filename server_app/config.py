@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -53,7 +53,7 @@ def _num(kind: type, low: float, high: float = math.inf, low_open: bool = False)
     def check(v: Any) -> bool:
         if not math.isfinite(float(v)):
             return False
-        return (v > low if low_open else v >= low) and v <= high
+        return bool((v > low if low_open else v >= low) and v <= high)
 
     left = "(" if low_open else "["
     right = "]" if high != math.inf else ")"
@@ -100,7 +100,7 @@ def _typed(name: str, value: Any, key: Key) -> Scalar:
     if key.kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, key.kind) and not (key.kind is not bool and isinstance(value, bool)):
-        return value  # type: ignore[no-any-return]
+        return cast(Scalar, value)
     raise ConfigError(
         f"run config {name}={value!r} has type {type(value).__name__}; expected {key.allowed}"
     )

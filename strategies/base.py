@@ -22,7 +22,16 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from strategies.messages import CONFIG, INFO_ACTION, METRICS, SHARED, record_nbytes
+from strategies.messages import (
+    CONFIG,
+    INFO_ACTION,
+    METRICS,
+    SHARED,
+    config_record,
+    metric_record,
+    record_nbytes,
+    scalar,
+)
 
 Scalar = int | float | str | bool
 RoundCallback = Callable[[int, dict[str, float]], None]
@@ -112,7 +121,7 @@ class FederatedStrategy(Strategy):
             asked.update(new)
             msgs = [
                 Message(
-                    RecordDict({CONFIG: ConfigRecord(self.config)}),
+                    RecordDict({CONFIG: config_record(self.config)}),
                     dst_node_id=n,
                     message_type=f"{MessageType.QUERY}.{INFO_ACTION}",
                     group_id="discovery",
@@ -158,15 +167,19 @@ class FederatedStrategy(Strategy):
 
     @staticmethod
     def _node_info(reply: Message) -> NodeInfo:
-        m = reply.content[METRICS]
-        pid, num = int(m["partition-id"]), int(m["num-partitions"])
+        m = reply.content.metric_records[METRICS]
+        pid, num = int(scalar(m, "partition-id")), int(scalar(m, "num-partitions"))
         if not 0 <= pid < num:
             raise FederationError(
                 f"node {reply.metadata.src_node_id} has partition-id={pid} outside "
                 f"[0, num-partitions={num})"
             )
         return NodeInfo(
-            reply.metadata.src_node_id, pid, num, int(m["num-train"]), int(m["num-test"])
+            reply.metadata.src_node_id,
+            pid,
+            num,
+            int(scalar(m, "num-train")),
+            int(scalar(m, "num-test")),
         )
 
     def sample(self, server_round: int, fraction: float, minimum: int, stream: int) -> list[int]:
@@ -237,8 +250,8 @@ class FederatedStrategy(Strategy):
                 {
                     SHARED: arrays,
                     **self.node_records(pid),
-                    CONFIG: ConfigRecord(
-                        {**dict(config), **self.node_config(pid), "server-round": server_round}
+                    CONFIG: config_record(
+                        {**self.config, **self.node_config(pid), "server-round": server_round}
                     ),
                 },
                 MessageType.TRAIN,
@@ -291,7 +304,7 @@ class FederatedStrategy(Strategy):
     def valid_replies(
         self, server_round: int, replies: Iterable[Message], kind: str
     ) -> list[Reply]:
-        """The replies that pass ``validate``, by partition id; the others are logged and dropped."""
+        """Replies passing ``validate``, by partition id; the others are logged and dropped."""
         valid = []
         for msg in replies:
             try:
@@ -312,7 +325,7 @@ class FederatedStrategy(Strategy):
             log(WARNING, "round %d: no valid training reply; the model is unchanged", server_round)
             return None, None
         arrays = self.aggregate(server_round, self._current, valid)
-        return arrays, MetricRecord(summarize_train_metrics(valid))
+        return arrays, metric_record(summarize_train_metrics(valid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -325,7 +338,7 @@ class FederatedStrategy(Strategy):
                 pid,
                 {
                     SHARED: arrays,
-                    CONFIG: ConfigRecord({**dict(config), "server-round": server_round}),
+                    CONFIG: config_record({**self.config, "server-round": server_round}),
                 },
                 MessageType.EVALUATE,
                 server_round,
@@ -338,10 +351,10 @@ class FederatedStrategy(Strategy):
         if reply.has_error():
             raise ValueError(f"client error: {reply.error.reason}")
         m = reply.content.metric_records.get(METRICS)
-        if m is None or not float(m.get("num-examples", 0)) >= 0:
+        if m is None or "num-examples" not in m or not scalar(m, "num-examples") >= 0:
             raise ValueError("no valid MetricRecord")
         return Reply(
-            int(m["partition-id"]),
+            int(scalar(m, "partition-id")),
             {},
             {k: float(v) for k, v in m.items() if isinstance(v, int | float)},
         )
@@ -351,7 +364,7 @@ class FederatedStrategy(Strategy):
     ) -> MetricRecord | None:
         """Example-weighted mean of the clients' personalized test metrics (NaN-aware)."""
         valid = self.valid_replies(server_round, replies, "evaluate")
-        return MetricRecord(weighted_means(valid, prefix="personal-")) if valid else None
+        return metric_record(weighted_means(valid, prefix="personal-")) if valid else None
 
     # ----------------------------------------------------------------- the loop
     def start(  # type: ignore[override]
@@ -377,8 +390,8 @@ class FederatedStrategy(Strategy):
         self.shared_template = {k: (tuple(a.shape), a.dtype) for k, a in initial_arrays.items()}
         self.init_state(initial_arrays)
         self.summary()
-        train_config = train_config or ConfigRecord(self.config)
-        evaluate_config = evaluate_config or ConfigRecord(self.config)
+        train_config = train_config or config_record(self.config)
+        evaluate_config = evaluate_config or config_record(self.config)
         result = Result(arrays=initial_arrays)
         arrays = initial_arrays
         if evaluate_fn is not None and on_round is not None:
@@ -409,7 +422,7 @@ class FederatedStrategy(Strategy):
             if evaluate_fn is not None:
                 global_metrics = evaluate_fn(rnd, arrays)
                 if global_metrics:
-                    result.evaluate_metrics_serverapp[rnd] = MetricRecord(global_metrics)
+                    result.evaluate_metrics_serverapp[rnd] = metric_record(global_metrics)
                     row.update(global_metrics)
             row.update(
                 {

@@ -15,7 +15,7 @@ def weighted_mean(
     """``Σ_i w_i x_i / Σ_i w_i`` per array, accumulated in float64, returned in the input dtype."""
     total = float(sum(weights))
     return {
-        key: (
+        key: np.asarray(
             sum(w * blk[key].astype(np.float64) for blk, w in zip(blocks, weights, strict=True))
             / total
         ).astype(blocks[0][key].dtype)

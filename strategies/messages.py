@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    MetricRecord,
+    MetricRecordValues,
+)
 
 SHARED = "shared"
 """ArrayRecord server -> client: the current shared block ``u`` (global model part)."""
@@ -43,3 +51,21 @@ def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 def record_nbytes(record: ArrayRecord) -> int:
     """Payload bytes of the arrays in ``record`` (what the transport must carry)."""
     return int(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in record.values()))
+
+
+def config_record(values: Mapping[str, int | float | str | bool]) -> ConfigRecord:
+    """A ConfigRecord of scalar ``values`` (typed entry point for Flower's constructor)."""
+    return ConfigRecord(cast(dict[str, ConfigRecordValues], dict(values)))
+
+
+def metric_record(values: Mapping[str, int | float]) -> MetricRecord:
+    """A MetricRecord of scalar ``values``."""
+    return MetricRecord(cast(dict[str, MetricRecordValues], dict(values)))
+
+
+def scalar(record: MetricRecord | ConfigRecord, key: str) -> float:
+    """The numeric scalar ``record[key]``; TypeError if it is a list or text."""
+    value = record[key]
+    if isinstance(value, bool | int | float):
+        return float(value)
+    raise TypeError(f"{key!r} is {type(value).__name__}, expected a number")

@@ -36,7 +36,8 @@ class SmallCNN(nn.Module):
             x = nn.functional.max_pool2d(x, 2)
         x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
         x = torch.relu(self.fc1(x.flatten(1)))
-        return self.fc2(x)
+        out: torch.Tensor = self.fc2(x)
+        return out
 
 
 class LogisticRegression(nn.Module):
@@ -58,7 +59,7 @@ class LogisticRegression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits."""
-        out = self.linear(x[:, : self.shared_features])
+        out: torch.Tensor = self.linear(x[:, : self.shared_features])
         if hasattr(self, "linear_p"):
             out = out + self.linear_p(x[:, self.shared_features :])
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from client_app.runtime import Tensors
 from client_app.state import ClientState
 from tasks.base import Task
+from tasks.materialize import Tensors
 
 ExtraGrad = Callable[[str, torch.Tensor], torch.Tensor | None]
 """Gradient of a solver's extra term (proximal, multiplier) for one named parameter."""
@@ -81,7 +82,7 @@ def local_sgd(
         for idx in torch.split(order, batch):
             opt.zero_grad(set_to_none=True)
             loss = inp.task.objective(model, data.x[idx], data.y[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             if extra_grad is not None:
                 for name in names:
                     g = extra_grad(name, params[name])
@@ -98,4 +99,5 @@ def local_sgd(
 
 def sq_norm(tensors: Mapping[str, torch.Tensor]) -> float:
     """``||x||`` of a group of tensors seen as one vector."""
-    return float(sum(float((t.double() ** 2).sum()) for t in tensors.values())) ** 0.5
+    total = sum(float((t.double() ** 2).sum()) for t in tensors.values())
+    return math.sqrt(total)

@@ -24,7 +24,8 @@ class Algorithm:
     summary: str
 
 
-ANY_MODE = ("none", "input", "output", "split-input")
+ANY_MODE = ("none", "input", "output", "split-input", "paper")
+PERSONAL_MODES = ("output", "input", "split-input", "paper")
 
 ALGORITHMS: dict[str, Algorithm] = {
     "fedavg": Algorithm(MeanStrategy, "sgd", ANY_MODE, "FedAvg: local SGD, sample-weighted mean"),
@@ -34,13 +35,37 @@ ALGORITHMS: dict[str, Algorithm] = {
     "fedper": Algorithm(
         MeanStrategy,
         "sgd",
-        ("output", "input", "split-input"),
-        "FedPer: FedAvg over the shared block, personal head kept locally",
+        PERSONAL_MODES,
+        "FedPer: joint SGD on shared and personal blocks, mean of the shared block",
+    ),
+    "fedsim": Algorithm(
+        MeanStrategy,
+        "sgd",
+        PERSONAL_MODES,
+        "FedSim (Pillutla et al.): simultaneous personal+shared SGD (the FedPer update)",
+    ),
+    "fedalt": Algorithm(
+        MeanStrategy,
+        "alternating",
+        PERSONAL_MODES,
+        "FedAlt (Pillutla et al.): personal stage then shared stage, mean of shared",
+    ),
+    "fedrep": Algorithm(
+        MeanStrategy,
+        "alternating",
+        ("output", "input", "split-input", "paper"),
+        "FedRep: personal head epochs, then representation epochs, mean of representation",
     ),
     "fedadmm": Algorithm(
         ConsensusADMMStrategy,
         "admm",
-        ANY_MODE,
+        ("none",),
         "FedADMM (Gong et al.): augmented-Lagrangian local solve, mean of stale z_i",
+    ),
+    "fedapm": Algorithm(
+        ConsensusADMMStrategy,
+        "admm",
+        (*PERSONAL_MODES, "none"),
+        "FedAPM: personal stage (sigma), shared ADMM stage (rho, pi), mean of stale z_i",
     ),
 }

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
-MODES = ("none", "input", "output", "split-input")
+MODES = ("none", "input", "output", "split-input", "paper")
+"""``paper``: the FedAPM paper's own choice for the task (ALGORITHMS.md §1.8 table)."""
 
 
 class PersonalizationError(ValueError):

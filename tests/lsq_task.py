@@ -50,3 +50,30 @@ class LeastSquaresTask(Task):
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         return {"loss": float(self.objective(model, x, y))}
+
+
+DIM_U, DIM_V = 3, 2
+
+
+class SplitLinear(nn.Module):
+    """``ŷ = X_u u + X_v v``: a shared map on the first DIM_U features, a personal one on the rest."""
+
+    personal_presets = {"split-input": ("personal",)}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(DIM_U, 1, bias=False).double()
+        self.personal = nn.Linear(DIM_V, 1, bias=False).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared(x[:, :DIM_U]) + self.personal(x[:, DIM_U:])
+
+
+class JointQuadraticTask(LeastSquaresTask):
+    """Least squares in ``w = [u; v]``: ``f_i`` is the joint quadratic of ALGORITHMS.md §6 M2 with
+    ``H_i = X_iᵀX_i/n_i`` and ``[q_i; p_i] = X_iᵀy_i/n_i`` (u first, then v)."""
+
+    name = "joint-quadratic"
+
+    def build_model(self, personalization: str) -> nn.Module:
+        return SplitLinear()

@@ -23,14 +23,16 @@ TICKS = os.sysconf("SC_CLK_TCK")
 MB = 1024.0 * 1024.0
 
 ROLES: tuple[tuple[str, str], ...] = (
-    ("ray::", "ray workers (ClientApp actors)"),
-    ("default_worker.py", "ray workers (ClientApp actors)"),
+    ("ray::ClientAppActor", "ClientApp actors (Ray)"),
     ("flwr-simulation", "flwr-simulation (ServerApp + engine)"),
     ("flwr-serverapp", "flwr-serverapp"),
     ("flower-superlink", "flower-superlink"),
     ("flower-superexec", "flower-superexec"),
     ("flwr run", "flwr CLI"),
-    ("/ray/", "ray services (gcs, raylet, dashboard, ...)"),
+    ("benchmarks.overhead.workload", "benchmark worker"),
+    ("server_app.launch", "dualflower-run"),
+    ("/ray/", "Ray services and idle workers"),
+    ("ray::", "Ray services and idle workers"),
 )
 
 

@@ -175,15 +175,24 @@ class Bench:
 
     def __init__(self, plan: Plan, out: Path, work: Path, wait_idle: float) -> None:
         self.plan, self.out, self.work, self.wait_idle = plan, out, work, wait_idle
+        self.attempt = 1
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def _prepare(self, m: Measurement) -> Path:
         """Scratch dir for ``m``; wait for an idle machine and note how busy it was."""
-        print(f"[{m.key}] {m.label}: {m.clients} clients, {m.rounds} rounds", flush=True)
+        print(
+            f"[{m.key}] {m.label}: {m.clients} clients, {m.rounds} rounds (try {self.attempt})",
+            flush=True,
+        )
         m.busy_before = wait_for_idle(self.wait_idle)
-        scratch = self.work / m.key
+        m.notes["attempt"] = self.attempt
+        scratch = self.work / f"{m.key}-{self.attempt}"
         scratch.mkdir(parents=True)
         return scratch
+
+    def _log(self, m: Measurement) -> Path:
+        """Log file of this attempt of ``m``."""
+        return self.out / "logs" / f"{m.key}-{self.attempt}.log"
 
     def _launch(
         self,
@@ -208,7 +217,7 @@ class Bench:
             cmd,
             cwd=ROOT,
             env=env,
-            log=self.out / "logs" / f"{m.key}.log",
+            log=self._log(m),
             timeout=self.plan.timeout * (3 if m.clients >= 500 else 1),
             with_pss=with_pss,
         )
@@ -265,7 +274,7 @@ class Bench:
             cmd,
             cwd=ROOT,
             env=os.environ,
-            log=self.out / "logs" / f"{m.key}.log",
+            log=self._log(m),
             timeout=self.plan.timeout,
         )
         settle(m, result, rows)
@@ -347,18 +356,22 @@ def _other_load(m: Measurement) -> str:
     return f"{100 * m.stats.foreign_cpu_s / m.stats.duration_s:.0f}%"
 
 
+def _cpu(m: Measurement) -> str:
+    return "-" if m.stats is None else f"{m.stats.tree_cpu_s:.1f}"
+
+
 def timing_table(ms: list[Measurement]) -> list[str]:
     """Markdown table of per-round times."""
     lines = [
         "| | variant | clients | rounds | status | round 1 (s) | median s/round, rounds 2..N "
-        "| command total (s) | final global acc | other procs' CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| command total (s) | tree CPU (s) | final global acc | other procs' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in ms:
         acc = "-" if m.final_accuracy is None else f"{100 * m.final_accuracy:.1f}%"
         lines.append(
             f"| {m.key} | {m.label} | {m.clients} | {m.rounds} | {m.status} | {_f(m.round1)} "
-            f"| {_f(m.steady, 3)} | {_f(m.total_s, 1)} | {acc} | {_other_load(m)} |"
+            f"| {_f(m.steady, 3)} | {_f(m.total_s, 1)} | {_cpu(m)} | {acc} | {_other_load(m)} |"
         )
     return lines
 
@@ -448,7 +461,8 @@ def report(ms: list[Measurement], argv: list[str]) -> str:
         "",
         "Columns: *round 1* includes first-use costs (Ray actor start, imports, torch warm-up); "
         "*command total* is the wall time of the whole command (SuperLink start, Ray start, "
-        "node discovery, all rounds, shutdown); *other procs' CPU* is the CPU time that "
+        "node discovery, all rounds, shutdown); *tree CPU* is the CPU time used by the "
+        "command's whole process tree; *other procs' CPU* is the CPU time that "
         "processes outside the measured tree used during it, in % of one core (high values "
         "mean the numbers are contaminated by other load). Every row of a/a0/b/c includes the "
         "server-side global evaluation of every round.",
@@ -477,8 +491,44 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--wait-idle", type=float, default=120.0, help="max s to wait for idle CPUs before each"
     )
+    parser.add_argument(
+        "--retries", type=int, default=1, help="repeats of a timing run disturbed by other load"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     return parser.parse_args(argv)
+
+
+def contamination(m: Measurement) -> float:
+    """CPU that other processes used during ``m``, as a share of one core."""
+    if m.stats is None or m.stats.duration_s == 0:
+        return 0.0
+    return m.stats.foreign_cpu_s / m.stats.duration_s
+
+
+def run_with_retries(
+    bench: Bench, key: str, step: Callable[[], Measurement], retries: int
+) -> Measurement:
+    """Run ``step``; while other load exceeded 30 % of a core (timing runs only), run it
+    again, up to ``retries`` more times; keep the least contaminated attempt.
+    """
+
+    def attempt() -> Measurement:
+        m = step()
+        print(
+            f"  -> {m.status}; round 1 {_f(m.round1)} s, median {_f(m.steady, 3)} s, "
+            f"other load {100 * contamination(m):.0f}% of a core",
+            flush=True,
+        )
+        return m
+
+    bench.attempt = 1
+    best = attempt()
+    while not key.startswith("e-") and contamination(best) > 0.3 and bench.attempt <= retries:
+        bench.attempt += 1
+        again = attempt()
+        if contamination(again) < contamination(best):
+            best = again
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,9 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, step in measurements(bench):
             if only and key not in only and key.split("-")[0] not in only:
                 continue
-            m = step()
-            results.append(m)
-            print(f"  -> {m.status}; round 1 {_f(m.round1)} s, median {_f(m.steady, 3)} s")
+            results.append(run_with_retries(bench, key, step, args.retries))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,9 +1,15 @@
 """Local solvers by name (the ``solver`` of an algorithm preset)."""
 
 from client_app.solvers.admm import admm
+from client_app.solvers.alternating import alternating
 from client_app.solvers.base import Solver
 from client_app.solvers.sgd import prox_sgd, sgd
 
-SOLVERS: dict[str, Solver] = {"sgd": sgd, "prox-sgd": prox_sgd, "admm": admm}
+SOLVERS: dict[str, Solver] = {
+    "sgd": sgd,
+    "prox-sgd": prox_sgd,
+    "admm": admm,
+    "alternating": alternating,
+}
 
 __all__ = ["SOLVERS", "Solver"]

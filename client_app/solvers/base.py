@@ -37,6 +37,13 @@ class SolverInput:
         """Client weight ``α_i`` in ``Σ_i α_i f_i`` (sent by the server)."""
         return float(self.config["alpha"])
 
+    def set_params(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the named parameters in ``values`` (e.g. a warm start)."""
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in values.items():
+                params[name].copy_(value)
+
     def named(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Current values of parameters ``names`` (detached copies)."""
         params = dict(self.model.named_parameters())
@@ -55,12 +62,17 @@ Solver = Callable[[SolverInput], SolverOutput]
 
 
 def local_sgd(
-    inp: SolverInput, names: list[str], epochs: int, extra_grad: ExtraGrad | None = None
+    inp: SolverInput,
+    names: list[str],
+    epochs: int,
+    extra_grad: ExtraGrad | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> float:
     """Minibatch SGD on ``f_i`` (+ the extra term) over parameters ``names`` only.
 
     Uses the config's ``lr``, ``momentum``, ``weight-decay`` and ``batch-size``; the batch order
-    comes from ``inp.generator``. Returns the mean training loss of the last epoch.
+    comes from ``inp.generator``. ``stop`` is asked after every epoch (an inexactness rule).
+    Returns the mean training loss of the last epoch.
     """
     model, cfg, data = inp.model, inp.config, inp.train
     params = dict(model.named_parameters())
@@ -92,9 +104,26 @@ def local_sgd(
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         last = total / max(count, 1)
+        if stop is not None and stop():
+            break
     for p in params.values():
         p.requires_grad_(True)
     return last
+
+
+def full_grad_sq_norm(inp: SolverInput, names: list[str], extra_grad: ExtraGrad) -> float:
+    """``||∇ (f_i + extra)||²`` over parameters ``names`` on the whole training set."""
+    params = dict(inp.model.named_parameters())
+    inp.model.zero_grad(set_to_none=True)
+    inp.task.objective(inp.model, inp.train.x, inp.train.y).backward()  # type: ignore[no-untyped-call]
+    total = 0.0
+    for name in names:
+        grad = params[name].grad
+        g = torch.zeros_like(params[name]) if grad is None else grad.detach().clone()
+        extra = extra_grad(name, params[name])
+        total += float(((g if extra is None else g + extra) ** 2).sum())
+    inp.model.zero_grad(set_to_none=True)
+    return total
 
 
 def sq_norm(tensors: Mapping[str, torch.Tensor]) -> float:

@@ -12,7 +12,7 @@ import pytest
 
 from client_app.app import app as client_app
 from server_app.app import run_federation
-from tests.local_grid import LocalGrid, Tamper
+from server_app.inprocess import InProcessGrid, Tamper
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +33,9 @@ def config(tmp_path: Path) -> dict[str, Any]:
 
 def run_local(
     cfg: dict[str, Any], num_nodes: int, tamper: Tamper | None = None
-) -> tuple[Path, LocalGrid]:
+) -> tuple[Path, InProcessGrid]:
     """Run the real ServerApp logic against ``num_nodes`` in-process ClientApps."""
-    grid = LocalGrid(client_app, num_nodes, tamper=tamper)
+    grid = InProcessGrid(client_app, num_nodes, tamper=tamper)
     return run_federation(grid, cfg), grid
 
 
@@ -45,6 +45,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def local_runner() -> Callable[..., tuple[Path, LocalGrid]]:
+def local_runner() -> Callable[..., tuple[Path, InProcessGrid]]:
     """``run_local`` as a fixture."""
     return run_local

@@ -19,7 +19,7 @@ from client_app.solvers.admm import PI
 from strategies.messages import CONFIG, SHARED
 from tasks import registry
 from tests.conftest import default_config, run_local
-from tests.local_grid import LocalGrid
+from server_app.inprocess import InProcessGrid
 from tests.lsq_task import LeastSquaresTask, lsq_clients
 
 M = 4
@@ -51,7 +51,7 @@ def lsq_config(tmp_path: Path, **over: Any) -> dict[str, Any]:
     return cfg | over
 
 
-def sent_rounds(grid: LocalGrid) -> list[tuple[np.ndarray, list[int]]]:
+def sent_rounds(grid: InProcessGrid) -> list[tuple[np.ndarray, list[int]]]:
     """Per round: the broadcast u^t and the partitions that trained."""
     pid_of = {nid: i for i, nid in enumerate(grid.node_ids)}
     rounds: dict[int, tuple[np.ndarray, list[int]]] = {}

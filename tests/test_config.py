@@ -137,9 +137,9 @@ def test_invalid_config_sends_nothing(tmp_path: Any) -> None:
     cfg = default_config() | {"output-dir": str(tmp_path), "rho": -1.0}
     from client_app.app import app as client_app
     from server_app.app import run_federation
-    from tests.local_grid import LocalGrid
+    from server_app.inprocess import InProcessGrid
 
-    grid = LocalGrid(client_app, 3)
+    grid = InProcessGrid(client_app, 3)
     with pytest.raises(ConfigError, match="rho=-1.0"):
         run_federation(grid, cfg)
     assert grid.sent == []

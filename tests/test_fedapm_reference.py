@@ -21,7 +21,7 @@ from client_app.solvers.admm import PI
 from strategies.messages import CONFIG, SHARED
 from tasks import registry
 from tests.conftest import default_config, read_metrics, run_local
-from tests.local_grid import LocalGrid
+from server_app.inprocess import InProcessGrid
 from tests.lsq_task import DIM_U, JointQuadraticTask, lsq_clients
 
 M = 4
@@ -73,7 +73,7 @@ def blocks(seed: int) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def broadcasts(grid: LocalGrid) -> list[tuple[np.ndarray, list[int]]]:
+def broadcasts(grid: InProcessGrid) -> list[tuple[np.ndarray, list[int]]]:
     pid_of = {nid: i for i, nid in enumerate(grid.node_ids)}
     rounds: dict[int, tuple[np.ndarray, list[int]]] = {}
     for msg in grid.sent:

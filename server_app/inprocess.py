@@ -1,7 +1,9 @@
-"""A Ray-free, in-process Grid: each fake node has its own Context; messages are deep-copied.
+"""A Ray-free, in-process Grid: each node is a Context served by the ClientApp synchronously.
 
-Used by the fast integration tests (FLOWER_NOTES.md §3.6.1). Real transports never share
-objects, hence the copies in both directions.
+For tests and benchmarks that run the real ServerApp and ClientApp logic without an engine
+(FLOWER_NOTES.md §3.6.1). Messages are deep-copied in both directions, as real transports
+never share objects; ``sent`` / ``received`` keep every message for inspection, and an
+optional ``tamper`` hook rewrites replies (to test reply validation).
 """
 
 from __future__ import annotations
@@ -13,19 +15,20 @@ from collections.abc import Callable, Iterable
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 Tamper = Callable[[Message], Message]
 
 
-class LocalGrid(Grid):
+class InProcessGrid(Grid):
     """Runs ``client_app`` synchronously for every pushed message."""
 
     def __init__(
         self,
         client_app: ClientApp,
         num_nodes: int,
-        node_config: Callable[[int], dict] | None = None,
+        node_config: Callable[[int], dict[str, bool | float | int | str]] | None = None,
         tamper: Tamper | None = None,
     ) -> None:
         self.client_app = client_app
@@ -53,20 +56,34 @@ class LocalGrid(Grid):
         TaskIdentity.task_id = 1
         TaskIdentity.node_id = 0
 
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - unused
-        pass
+    def set_run(self, run: Run) -> None:
+        """Keep the run (nothing else depends on it here)."""
+        self._run = run
 
     @property
-    def run(self):  # type: ignore[no-untyped-def]  # pragma: no cover - unused
-        raise NotImplementedError
+    def run(self) -> Run:
+        """The run set with ``set_run``."""
+        return self._run
 
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]  # pragma: no cover
-        return Message(*args, **kwargs)
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """A message to ``dst_node_id`` (ttl is meaningless without a transport)."""
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id
+        )
 
     def get_node_ids(self) -> Iterable[int]:
+        """All node ids (every node is always connected)."""
         return list(self.node_ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message to its node's ClientApp now and keep the reply."""
         ids = []
         for msg in messages:
             mid = f"m{next(self._ids)}"
@@ -84,7 +101,11 @@ class LocalGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The replies to ``message_ids``."""
         return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push, then pull every reply (synchronous: nothing can time out)."""
         return self.pull_messages(self.push_messages(messages))

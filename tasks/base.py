@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from tasks.data import TaskData
@@ -50,6 +51,17 @@ class Task(ABC):
         if self.l2:
             loss = loss + 0.5 * self.l2 * sum((p * p).sum() for p in model.parameters())
         return loss
+
+    @torch.no_grad()
+    def predict_proba(self, model: nn.Module, x: torch.Tensor) -> NDArray[np.float64] | None:
+        """Predicted class probabilities (softmax of the logits, float64), for calibration and
+        posterior-predictive metrics; tasks that are not classifiers return None.
+        """
+        model.eval()
+        logits = torch.cat([model(xb) for xb in torch.split(x, 4096)])
+        model.train()
+        probs: NDArray[np.float64] = torch.softmax(logits.double(), dim=1).cpu().numpy()
+        return probs
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

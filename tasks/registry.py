@@ -19,6 +19,15 @@ def _vision(name: str) -> Callable[[], Task]:
     return make
 
 
+def _multimodal(name: str) -> Callable[[], Task]:
+    def make() -> Task:
+        from tasks.multimodal import MULTIMODAL_TASKS
+
+        return MULTIMODAL_TASKS[name]()
+
+    return make
+
+
 TASKS: dict[str, Callable[[], Task]] = {
     "digits": DigitsTask,
     "synthetic": SyntheticTask,
@@ -26,6 +35,11 @@ TASKS: dict[str, Callable[[], Task]] = {
     "fashion-mnist": _vision("fashion-mnist"),
     "cifar10": _vision("cifar10"),
     "cifar100": _vision("cifar100"),
+    "mfeat": _multimodal("mfeat"),
+    "ku-har": _multimodal("ku-har"),
+    "ku-har-subsamples": _multimodal("ku-har-subsamples"),
+    "crema-d": _multimodal("crema-d"),
+    "crisismmd": _multimodal("crisismmd"),
 }
 
 

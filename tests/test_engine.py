@@ -81,3 +81,21 @@ def test_failed_run_exits_nonzero(tmp_path: Path) -> None:
 
 def test_plot_reports_missing_run(tmp_path: Path) -> None:
     assert plot_main([str(tmp_path / "nope"), "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_fedapm_every_personalization_mode_on_multimodal_task(tmp_path: Path) -> None:
+    """Issue 3: input, output and split-input FedAPM train on `mfeat` through the engine."""
+    out = tmp_path / "outputs"
+    for mode in ("input", "output", "split-input"):
+        result = launch(
+            tmp_path,
+            f"algorithm='fedapm' task='mfeat' personalization='{mode}' num-server-rounds=2 "
+            f"local-epochs=1 fraction-evaluate=1.0 output-dir='{out}' run-name='{mode}'",
+            nodes=3,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = read_metrics(out / mode)
+        assert rows[-1]["personal-accuracy"] > 0.1 and rows[-1]["dual-norm-mean"] > 0
+        config = json.loads((out / mode / "config.json").read_text())
+        assert config["personal-parameters"] and config["shared-parameters"]
+        assert leftover_processes(result) == []

@@ -127,6 +127,7 @@ def test_fedper_on_mfeat_keeps_the_personal_block_local(mode: str, config: dict[
         for rec in msg.content.array_records.values()
         for k in rec
     }
+    assert personal and not travelled & set(personal)
     assert travelled == set(shared)
     for nid in grid.node_ids:
         assert list(grid.contexts[nid].state[PERSONAL].keys()) == personal

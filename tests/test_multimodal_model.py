@@ -13,7 +13,12 @@ from tasks.multimodal.kuhar import KUHARSubsamplesTask, KUHARTask
 from tasks.multimodal.layout import Layout, Modality
 from tasks.multimodal.mfeat import MultipleFeaturesTask
 from tasks.multimodal.model import MultimodalNet, NetConfig
-from tasks.personalization import is_personal, personal_prefixes, split_names
+from tasks.personalization import (
+    PersonalizationError,
+    is_personal,
+    personal_prefixes,
+    split_names,
+)
 
 SMALL = NetConfig(hidden=8, conv_channels=(4, 6), attention_hidden=10, heads=3)
 
@@ -94,6 +99,13 @@ def test_pack_rejects_wrong_shapes_and_lengths() -> None:
 def test_modality_validation(name: str, encoder: str, shape: tuple[int, ...], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Modality(name, encoder, shape)
+
+
+def test_net_config_and_image_size_validation() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        NetConfig(kernel=4)
+    with pytest.raises(ValueError, match="at least 4"):
+        MultimodalNet(Layout((Modality("tiny", "cnn", (3, 2, 8)),)), 2, SMALL)
 
 
 # ---------------------------------------------------------------- forward and masking
@@ -220,6 +232,15 @@ def test_crema_d_and_crisismmd_paper_preset_is_every_encoder(
     assert _personal(net, "paper") == [
         n for n, _ in net.named_parameters() if n.startswith("encoders.")
     ]
+
+
+def test_paper_mode_resolves_through_personal_prefixes() -> None:
+    net = KUHARTask().build_model("paper")
+    assert personal_prefixes(net, "paper") == ("encoders.acc.conv", "encoders.gyro.conv")
+    shared, personal = split_names(net, "paper")
+    assert personal == _personal(net, "paper") and "fusion.score.0.weight" in shared
+    with pytest.raises(PersonalizationError, match="not defined for model MultimodalNet"):
+        personal_prefixes(MultipleFeaturesTask().build_model("paper"), "paper")
 
 
 def test_paper_preset_must_name_modules() -> None:

@@ -70,7 +70,7 @@ def read_wav(path: Path, sample_rate: int) -> NDArray[np.float64]:
     if rate != sample_rate:
         common = math.gcd(rate, sample_rate)
         signal = resample_poly(signal, sample_rate // common, rate // common)
-    return signal
+    return np.asarray(signal, dtype=np.float64)
 
 
 def fit_steps(
@@ -102,7 +102,7 @@ def standardize(
     valid = np.arange(seq.shape[1])[None, :] < steps[:, None]
     fit = seq[rows][valid[rows]].astype(np.float64)
     mean, std = fit.mean(axis=0), fit.std(axis=0) + 1e-8
-    out = ((seq - mean) / std * valid[:, :, None]).astype(np.float32)
+    out: NDArray[np.float32] = ((seq - mean) / std * valid[:, :, None]).astype(np.float32)
     return out.reshape(values.shape)
 
 
@@ -152,7 +152,11 @@ def video_thumbnails(path: Path, count: int, height: int, width: int) -> NDArray
     if len(frames) > count:
         frames = [frames[i] for i in np.linspace(0, len(frames) - 1, count).round().astype(int)]
     thumbs = [
-        np.asarray(f.to_image().convert("L").resize((width, height), Image.Resampling.BILINEAR))
+        np.asarray(
+            Image.fromarray(f.to_ndarray(format="gray")).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
         for f in frames
     ]
     return np.asarray(thumbs, dtype=np.float32).reshape(len(thumbs), height * width) / 255.0

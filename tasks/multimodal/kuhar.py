@@ -8,10 +8,10 @@ layers and a GRU. Two tasks read the two public layouts under ``data-dir``:
   name) and cuts every recording into non-overlapping 300-step windows; a final partial window
   of at least ``MIN_TAIL`` steps is kept, zero-padded, with its length. The user id of the file
   name is the natural client (``partitioner='natural'``, one client per user).
-* ``ku-har-subsamples`` reads ``3.Time_domain_subsamples/KU-HAR_time_domain_subsamples_20750x300.csv``
-  (no header; ax, ay, az, gx, gy, gz in blocks of 300 columns, then class, length, serial).
-  That file has no user column, so this task has no natural clients: use ``dirichlet`` (as
-  the FedAPM code does) or ``iid``/``pathological``.
+* ``ku-har-subsamples`` reads ``KU-HAR_time_domain_subsamples_20750x300.csv`` in
+  ``3.Time_domain_subsamples/`` (no header; ax, ay, az, gx, gy, gz in blocks of 300 columns,
+  then class, length, serial). That file has no user column, so this task has no
+  natural clients: use ``dirichlet`` (as the FedAPM code does) or ``iid``/``pathological``.
 
 Channels are standardised with training-pool statistics; a stratified 20 % of the windows is
 the server test set. The ``paper`` preset makes both Conv1d stacks personal and shares the
@@ -21,6 +21,7 @@ GRUs, fusion and classifier (the FedAPM code's choice, ALGORITHMS.md §1.8).
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +102,10 @@ class KUHARTask(_KUHARTask):
             raise self.unavailable(trimmed, f"no recordings found{hint}")
         windows, lengths, labels, users = [], [], [], []
         for label, user, path in recordings:
-            signal = self.read(path, lambda p: read_table(p, 8))[:, [1, 2, 3, 5, 6, 7]]
+            signal = self.read(path, partial(read_table, columns=8))[:, [1, 2, 3, 5, 6, 7]]
             for start in range(0, len(signal), WINDOW):
                 chunk = signal[start : start + WINDOW]
-                if len(chunk) < min(WINDOW, MIN_TAIL):
+                if len(chunk) < MIN_TAIL:
                     continue
                 padded = np.zeros((WINDOW, 6), dtype=np.float32)
                 padded[: len(chunk)] = chunk
@@ -140,7 +141,7 @@ class KUHARSubsamplesTask(_KUHARTask):
         path = self.data_root(options) / SUBSAMPLES_FILE
         if not path.is_file():
             raise self.unavailable(path, "file not found")
-        table = self.read(path, lambda p: read_table(p, 6 * WINDOW + 3))
+        table = self.read(path, partial(read_table, columns=6 * WINDOW + 3))
         windows = table[:, : 6 * WINDOW].reshape(-1, 6, WINDOW).transpose(0, 2, 1)
         lengths = table[:, 6 * WINDOW + 1].astype(np.int64)
         if np.any((lengths < 1) | (lengths > WINDOW)):

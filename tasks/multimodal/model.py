@@ -13,6 +13,7 @@ state dict is exactly its parameters.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,10 @@ class NetConfig:
     heads: int = 6
     classifier_hidden: int = 64
     dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel={self.kernel}: must be odd (same-length convolutions)")
 
 
 def step_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
@@ -74,7 +79,7 @@ class MaskedConv1d(nn.Module):
         widths = (in_channels, *config.conv_channels)
         self.layers = nn.ModuleList(
             nn.Conv1d(a, b, config.kernel, padding=config.kernel // 2)
-            for a, b in zip(widths[:-1], widths[1:], strict=True)
+            for a, b in itertools.pairwise(widths)
         )
         self.dropout = nn.Dropout(config.dropout)
 
@@ -120,6 +125,8 @@ class ImageEncoder(nn.Module):
     def __init__(self, shape: tuple[int, ...], config: NetConfig) -> None:
         super().__init__()
         channels, height, width = shape
+        if min(height, width) < 4:
+            raise ValueError(f"image shape {shape}: height and width must be at least 4")
         self.conv = nn.Sequential(
             nn.Conv2d(channels, 16, 3, padding=1),
             nn.ReLU(),

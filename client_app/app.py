@@ -63,8 +63,24 @@ def train(msg: Message, context: Context) -> Message:
     }
     task = get_task(str(config["task"]))
     solver = SOLVERS[ALGORITHMS[str(config["algorithm"])].solver]
+    received = {
+        name: {k: torch.as_tensor(a.numpy(), device=device) for k, a in record.items()}
+        for name, record in msg.content.array_records.items()
+        if name != SHARED
+    }
     out = solver(
-        SolverInput(task, sk.model, sk.shared, sk.personal, u, train_data, config, state, generator)
+        SolverInput(
+            task,
+            sk.model,
+            sk.shared,
+            sk.personal,
+            u,
+            train_data,
+            config,
+            state,
+            generator,
+            received,
+        )
     )
     if sk.personal:
         state.put(

@@ -7,17 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import flwr
+import numpy as np
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server_app.config import validate_run_config
 from server_app.results import RunRecorder, resolve_run_dir
-from strategies.base import EvaluateFn
+from strategies.base import EvaluateFn, GlobalSampler
 from strategies.messages import config_record, record_to_numpy, to_record
 from strategies.registry import ALGORITHMS
 from tasks.federation import build_federation, federation_spec
 from tasks.materialize import as_tensors, build_skeleton, resolve_device
+from tasks.metrics import probabilistic_metrics
 from tasks.registry import get_task
 
 app = ServerApp()
@@ -40,7 +42,9 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     nodes = strategy.discover(grid)
     federation = build_federation(federation_spec(cfg, len(nodes)))
     evaluate_fn = (
-        _global_evaluation(cfg, federation.server_test, skeleton) if not skeleton.personal else None
+        _global_evaluation(cfg, federation.server_test, skeleton, strategy.global_sampler())
+        if not skeleton.personal
+        else None
     )
     recorder = RunRecorder(
         resolve_run_dir(cfg),
@@ -67,8 +71,16 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     return recorder.dir
 
 
-def _global_evaluation(cfg: Mapping[str, Any], test: Any, skeleton: Any) -> EvaluateFn | None:
-    """Evaluate the global model (only defined without a personal block) on the server test set."""
+def _global_evaluation(
+    cfg: Mapping[str, Any], test: Any, skeleton: Any, sampler: GlobalSampler | None = None
+) -> EvaluateFn | None:
+    """Evaluate the global model (only defined without a personal block) on the server test set.
+
+    Classifiers also get the mean prediction's ``global-nll`` and ``global-ece``; a rule with a
+    global distribution (``sampler``) also gets its posterior predictive, the average of the
+    predicted probabilities over ``eval-samples`` draws: ``global-bayes-accuracy``,
+    ``global-bayes-nll``, ``global-bayes-ece`` (ALGORITHMS.md §2.5.5).
+    """
     if test is None:
         return None
     device = resolve_device(str(cfg["device"]))
@@ -77,9 +89,27 @@ def _global_evaluation(cfg: Mapping[str, Any], test: Any, skeleton: Any) -> Eval
     data = as_tensors(test, device, dtype)
     task = get_task(str(cfg["task"]))
 
+    labels = data.y.cpu().numpy()
+    draws = int(cfg["eval-samples"])
+
+    def load(values: Mapping[str, Any]) -> None:
+        model.load_state_dict({k: torch.as_tensor(v, device=device) for k, v in values.items()})
+
     def evaluate(server_round: int, arrays: Any) -> dict[str, float]:
-        values = {k: torch.as_tensor(v, device=device) for k, v in record_to_numpy(arrays).items()}
-        model.load_state_dict(values)
-        return {f"global-{k}": v for k, v in task.evaluate(model, data.x, data.y).items()}
+        load(record_to_numpy(arrays))
+        out = {f"global-{k}": v for k, v in task.evaluate(model, data.x, data.y).items()}
+        probs = task.predict_proba(model, data.x)
+        if probs is None:
+            return out
+        mean_pred = probabilistic_metrics(labels, probs)
+        out.update({"global-nll": mean_pred["nll"], "global-ece": mean_pred["ece"]})
+        if sampler is not None and draws > 0:
+            total = np.zeros_like(probs)
+            for theta in sampler(arrays, draws, int(cfg["seed"]) * 7919 + server_round):
+                load(theta)
+                total += task.predict_proba(model, data.x)  # type: ignore[arg-type]
+            bayes = probabilistic_metrics(labels, total / draws)
+            out.update({f"global-bayes-{k}": v for k, v in bayes.items()})
+        return out
 
     return evaluate

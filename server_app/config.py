@@ -75,6 +75,7 @@ SCHEMA: dict[str, Key] = {
     "local-epochs": _num(int, 1),
     "batch-size": _num(int, 1),
     "lr": _num(float, 0.0, low_open=True),
+    "lr-schedule": _choice(("constant", "cosine")),
     "momentum": _num(float, 0.0, 0.999),
     "weight-decay": _num(float, 0.0),
     "seed": _num(int, 0, 2**31 - 1),
@@ -99,6 +100,17 @@ SCHEMA: dict[str, Key] = {
     "run-name": _any(str, "a name ('' = algorithm-task-seed-time)"),
     "round-timeout": _num(float, 0.0, low_open=True),
     "state-dir": _any(str, "a directory path ('' = keep client state in memory only)"),
+    # Bayesian ADMM / IVON-ADMM (ALGORITHMS.md §2)
+    "gamma": _num(float, 0.0, 1.0, low_open=True),
+    "tau": _num(float, 0.0, low_open=True),
+    "prior-precision": _num(float, 0.0, low_open=True),
+    "server-step": _num(float, 0.0, 1.0),
+    "hess-init": _num(float, 0.0),
+    "beta1": _num(float, 0.0, 0.999),
+    "beta2": _num(float, 0.0, 1.0),
+    "mc-samples": _num(int, 0),
+    "eval-samples": _num(int, 0),
+    "precision-floor": _num(float, 0.0, low_open=True),
 }
 
 
@@ -118,8 +130,8 @@ def validate_run_config(raw: Mapping[str, Any]) -> dict[str, Scalar]:
     The error names the key, the value and what is allowed. ``personalization='auto'``
     resolves to the algorithm preset's own mode. Cross-key rules: the
     personalization mode must exist for the task's model, ``partitioner='natural'`` needs a
-    task with natural clients, ``device='cuda'`` needs CUDA, and a task whose data lives on
-    disk needs ``data-dir`` or ``download=true``.
+    task with natural clients, ``device='cuda'`` needs CUDA, a task whose data lives on
+    disk needs ``data-dir`` or ``download=true``, and the preset's own ``check`` must pass.
     """
     unknown = sorted(set(raw) - set(SCHEMA))
     if unknown:
@@ -154,9 +166,15 @@ def _check_combinations(cfg: Mapping[str, Scalar]) -> None:
             f"{cfg['algorithm']!r}; allowed: {', '.join(algorithm.personalization)}"
         )
     try:
-        split_names(task.build_model(mode), mode)
+        model = task.build_model(mode)
+        shared, _ = split_names(model, mode)
     except PersonalizationError as err:
         raise ConfigError(f"run config personalization: {err}") from None
+    if algorithm.check is not None:
+        params = model.state_dict()
+        problem = algorithm.check(cfg, sum(params[name].numel() for name in shared))
+        if problem:
+            raise ConfigError(f"run config: {problem}")
     if cfg["partitioner"] == "natural" and not task.natural_clients:
         raise ConfigError(
             f"run config partitioner='natural' needs a task with natural clients; task="

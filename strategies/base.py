@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -36,6 +36,10 @@ from strategies.messages import (
 Scalar = int | float | str | bool
 RoundCallback = Callable[[int, dict[str, float]], None]
 EvaluateFn = Callable[[int, ArrayRecord], dict[str, float] | None]
+Template = dict[str, tuple[tuple[int, ...], str]]
+"""Expected arrays of one record: name -> (shape, dtype), in record order."""
+GlobalSampler = Callable[[ArrayRecord, int, int], Iterator[dict[str, np.ndarray]]]
+"""``(mean, draws, seed)`` -> draws of the shared block from a rule's global distribution."""
 
 
 class FederationError(RuntimeError):
@@ -83,8 +87,8 @@ class FederatedStrategy(Strategy):
     random per run), after one ``query.info`` exchange that maps node id -> partition id.
     Each training message carries ``SHARED`` (the current ``u``), ``CONFIG`` and whatever
     ``node_records`` adds for that node; each reply must carry the ArrayRecord(s) named in
-    ``reply_records`` with the shared block's names, shapes and dtypes, all finite, or it is
-    dropped with a logged reason.
+    ``reply_records`` with the names, shapes and dtypes of ``reply_template`` (by default the
+    shared block's), all finite, or it is dropped with a logged reason.
     """
 
     reply_records: tuple[str, ...] = (SHARED,)
@@ -97,7 +101,7 @@ class FederatedStrategy(Strategy):
         self.min_train_nodes = int(config["min-train-nodes"])
         self.timeout = float(config["round-timeout"])
         self.nodes: dict[int, NodeInfo] = {}
-        self.shared_template: dict[str, tuple[tuple[int, ...], str]] = {}
+        self.shared_template: Template = {}
         self.round_log = RoundLog()
         self._current = ArrayRecord()
 
@@ -209,6 +213,33 @@ class FederatedStrategy(Strategy):
         )
         return {"alpha": weight, "num-clients": self.num_clients}
 
+    def round_config(self, server_round: int) -> dict[str, Scalar]:
+        """Per-round config values: ``server-round`` and, with ``lr-schedule='cosine'``, the
+        round's ``lr = lr·½(1 + cos(π(t−1)/T))`` (cosine annealing over the ``T`` rounds, stepped
+        once per round as in the IVON-ADMM code, ALGORITHMS.md §2.5.3).
+        """
+        out: dict[str, Scalar] = {"server-round": server_round}
+        if self.config.get("lr-schedule") == "cosine":
+            total = int(self.config["num-server-rounds"])
+            decay = 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / total))
+            out["lr"] = float(self.config["lr"]) * decay
+        return out
+
+    def reply_template(self, name: str) -> Template:
+        """Expected arrays of reply record ``name``: by default those of the shared block.
+
+        Rules whose replies hold other shapes (e.g. a full precision matrix) override this.
+        """
+        return self.shared_template
+
+    def train_metrics(self, replies: list[Reply]) -> dict[str, float]:
+        """Round metrics from the valid training replies (rules may add their own)."""
+        return summarize_train_metrics(replies)
+
+    def global_sampler(self) -> GlobalSampler | None:
+        """Draws from the global distribution, for rules that keep one (None: a point model)."""
+        return None
+
     @abstractmethod
     def aggregate(
         self, server_round: int, current: ArrayRecord, replies: list[Reply]
@@ -251,7 +282,7 @@ class FederatedStrategy(Strategy):
                     SHARED: arrays,
                     **self.node_records(pid),
                     CONFIG: config_record(
-                        {**self.config, **self.node_config(pid), "server-round": server_round}
+                        {**self.config, **self.node_config(pid), **self.round_config(server_round)}
                     ),
                 },
                 MessageType.TRAIN,
@@ -283,11 +314,12 @@ class FederatedStrategy(Strategy):
                 raise ValueError(f"ArrayRecord {name!r} missing")
             record = content.array_records[name]
             self.round_log.bytes_up += record_nbytes(record)
-            if list(record.keys()) != list(self.shared_template):
-                raise ValueError(f"ArrayRecord {name!r} does not hold exactly the shared arrays")
+            template = self.reply_template(name)
+            if list(record.keys()) != list(template):
+                raise ValueError(f"ArrayRecord {name!r} does not hold exactly the expected arrays")
             arrays[name] = {}
             for key, arr in record.items():
-                shape, dtype = self.shared_template[key]
+                shape, dtype = template[key]
                 if tuple(arr.shape) != shape or arr.dtype != dtype:
                     raise ValueError(
                         f"{name}[{key}] has shape {tuple(arr.shape)} {arr.dtype}, "
@@ -325,7 +357,7 @@ class FederatedStrategy(Strategy):
             log(WARNING, "round %d: no valid training reply; the model is unchanged", server_round)
             return None, None
         arrays = self.aggregate(server_round, self._current, valid)
-        return arrays, metric_record(summarize_train_metrics(valid))
+        return arrays, metric_record(self.train_metrics(valid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -7,11 +7,23 @@ lists the modes for which the combination is defined (the first is the preset's 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from strategies.admm import ConsensusADMMStrategy
 from strategies.base import FederatedStrategy
+from strategies.bayes_admm import (
+    DiagonalBayesADMM,
+    FullCovarianceBayesADMM,
+    IsotropicBayesADMM,
+    check_full_covariance,
+    check_sampling,
+)
 from strategies.mean import MeanStrategy
+
+ConfigCheck = Callable[[Mapping[str, Any], int], str | None]
+"""``(resolved config, number of shared parameters)`` -> what is wrong, or None."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,8 @@ class Algorithm:
     solver: str
     personalization: tuple[str, ...]
     summary: str
+    check: ConfigCheck | None = None
+    """An extra run-config rule of this preset (checked before round 1)."""
 
 
 ANY_MODE = ("none", "input", "output", "split-input", "paper")
@@ -67,5 +81,25 @@ ALGORITHMS: dict[str, Algorithm] = {
         "admm",
         (*PERSONAL_MODES, "none"),
         "FedAPM: personal stage (sigma), shared ADMM stage (rho, pi), mean of stale z_i",
+    ),
+    "bayes-admm": Algorithm(
+        IsotropicBayesADMM,
+        "bayes-sgd",
+        ("none",),
+        "Bayesian ADMM, isotropic fixed precision (= consensus ADMM with a prior), local SGD",
+    ),
+    "newton-admm": Algorithm(
+        FullCovarianceBayesADMM,
+        "von",
+        ("none",),
+        "Bayesian ADMM, full covariance: VON / closed form on quadratics (small models)",
+        check_full_covariance,
+    ),
+    "ivon-admm": Algorithm(
+        DiagonalBayesADMM,
+        "ivon",
+        ("none",),
+        "IVON-ADMM: Bayesian ADMM with diagonal Gaussians, IVON with prior and duals",
+        check_sampling,
     ),
 }

@@ -20,6 +20,7 @@ BAD_VALUES: dict[str, Any] = {
     "local-epochs": 0,
     "batch-size": 0,
     "lr": 0.0,
+    "lr-schedule": "linear",
     "momentum": 1.0,
     "weight-decay": -0.1,
     "seed": -1,
@@ -40,6 +41,16 @@ BAD_VALUES: dict[str, Any] = {
     "client-weighting": "sqrt",
     "output-dir": "  ",
     "round-timeout": 0.0,
+    "gamma": 0.0,
+    "tau": 0.0,
+    "prior-precision": -1.0,
+    "server-step": 1.5,
+    "hess-init": -0.1,
+    "beta1": 1.0,
+    "beta2": 1.5,
+    "mc-samples": -1,
+    "eval-samples": -1,
+    "precision-floor": 0.0,
 }
 
 

@@ -3,6 +3,7 @@
 from client_app.solvers.admm import admm
 from client_app.solvers.alternating import alternating
 from client_app.solvers.base import Solver
+from client_app.solvers.bayes import isotropic, ivon, newton
 from client_app.solvers.sgd import prox_sgd, sgd
 
 SOLVERS: dict[str, Solver] = {
@@ -10,6 +11,9 @@ SOLVERS: dict[str, Solver] = {
     "prox-sgd": prox_sgd,
     "admm": admm,
     "alternating": alternating,
+    "bayes-sgd": isotropic,
+    "von": newton,
+    "ivon": ivon,
 }
 
 __all__ = ["SOLVERS", "Solver"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,8 @@ class SolverInput:
     config: Mapping[str, Any]
     state: ClientState
     generator: torch.Generator
+    received: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """The message's other ArrayRecords (rule-specific, e.g. a global precision), on device."""
 
     @property
     def alpha(self) -> float:

@@ -56,7 +56,8 @@ BAD_VALUES: dict[str, Any] = {
 
 def test_defaults_are_valid() -> None:
     cfg = validate_run_config(default_config())
-    assert cfg["personalization"] == "none"  # 'auto' resolved for fedavg
+    assert cfg["algorithm"] == "fedapm"
+    assert cfg["personalization"] == "output"  # 'auto' resolved to the FedAPM preset's mode
     assert isinstance(cfg["lr"], float)
 
 

@@ -11,6 +11,7 @@ a target accuracy, bytes per round) and writes a PNG of the mean curves.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -55,8 +56,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 METRICS = ("personal-accuracy", "personal-macro-f1", "personal-auc")
 
 
+@functools.cache
 def defaults() -> dict[str, Any]:
-    """The run-config defaults of pyproject.toml."""
+    """The run-config defaults of pyproject.toml, read once (a consistent snapshot)."""
     with (ROOT / "pyproject.toml").open("rb") as fh:
         return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
 
@@ -65,7 +67,7 @@ def run_one(
     scenario: dict[str, Any], algo: dict[str, Any], seed: int, rounds: int, out: Path
 ) -> list[dict[str, Any]]:
     """One run; returns its metrics.jsonl rows."""
-    cfg = defaults() | {k: v for k, v in scenario.items() if k not in ("clients", "target")}
+    cfg = dict(defaults()) | {k: v for k, v in scenario.items() if k not in ("clients", "target")}
     cfg |= algo | {
         "seed": seed,
         "num-server-rounds": rounds,

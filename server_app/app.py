@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server_app.config import validate_run_config
 from server_app.results import RunRecorder, resolve_run_dir
+from server_app.suboptimality import subopt_fn
 from strategies.base import EvaluateFn, GlobalSampler
 from strategies.messages import config_record, record_to_numpy, to_record
 from strategies.registry import ALGORITHMS
@@ -46,6 +47,9 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
         if not skeleton.personal
         else None
     )
+    if task.convex and not skeleton.personal:  # convergence to the optimum (issue 5)
+        spec = federation_spec(cfg, len(nodes))
+        evaluate_fn = _with_subopt(evaluate_fn, subopt_fn(cfg, spec))
     recorder = RunRecorder(
         resolve_run_dir(cfg),
         cfg,
@@ -69,6 +73,18 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     )
     recorder.finish()
     return recorder.dir
+
+
+def _with_subopt(
+    evaluate: EvaluateFn | None, subopt: Callable[[Mapping[str, Any]], float]
+) -> EvaluateFn:
+    """``evaluate`` plus ``subopt = f(θ_t) − f*`` of the global model (convex tasks)."""
+
+    def evaluate_with_subopt(server_round: int, arrays: Any) -> dict[str, float]:
+        out = (evaluate(server_round, arrays) if evaluate is not None else None) or {}
+        return {**out, "subopt": subopt(record_to_numpy(arrays))}
+
+    return evaluate_with_subopt
 
 
 def _global_evaluation(

@@ -111,6 +111,14 @@ SCHEMA: dict[str, Key] = {
     "mc-samples": _num(int, 0),
     "eval-samples": _num(int, 0),
     "precision-floor": _num(float, 0.0, low_open=True),
+    # FedPM / LocalNewton / FedNL (ALGORITHMS.md §3)
+    "eta": _num(float, 0.0, low_open=True),
+    "newton-steps": _num(int, 1),
+    "curvature": _choice(("hessian", "foof", "diagonal")),
+    "damping": _num(float, 0.0),
+    "foof-ema": _num(float, 0.0, 0.999),
+    "foof-refresh": _num(int, 1),
+    "curvature-cap-mb": _num(float, 0.0, low_open=True),
 }
 
 

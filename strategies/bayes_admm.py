@@ -47,7 +47,9 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 
 from strategies.base import FederatedStrategy, GlobalSampler, Reply, Template
+from strategies.messages import flatten as flatten  # re-exported (bayes clients)
 from strategies.messages import numpy_to_record
+from strategies.messages import unflatten as unflatten
 
 MEAN = "mean"
 """ArrayRecord client -> server: the local posterior mean ``m_k`` (shared-block layout)."""
@@ -80,21 +82,6 @@ class Family(Enum):
 
 
 # ------------------------------------------------------------------- natural-parameter algebra
-def flatten(arrays: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The arrays, in order, as one float64 vector (the coordinates of ``m``, ``v``, ``S``)."""
-    return torch.cat([a.reshape(-1).to(torch.float64) for a in arrays.values()])
-
-
-def unflatten(flat: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """Inverse of ``flatten`` for arrays of ``shapes`` (views of ``flat``, in its dtype)."""
-    out, offset = {}, 0
-    for name, shape in shapes.items():
-        size = math.prod(shape)
-        out[name] = flat[offset : offset + size].reshape(shape)
-        offset += size
-    return out
-
-
 def precision_times(family: Family, precision: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``S x``: element-wise for vector precisions, a matrix product for the full family."""
     return precision @ x if family is Family.FULL else precision * x

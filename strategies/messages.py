@@ -21,6 +21,9 @@ from flwr.app import (
     MetricRecordValues,
 )
 
+from tasks.functional import flatten as flatten  # re-exported: a block's flat layout
+from tasks.functional import unflatten as unflatten
+
 SHARED = "shared"
 """ArrayRecord server -> client: the current shared block ``u`` (global model part)."""
 CONFIG = "config"

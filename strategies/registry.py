@@ -20,6 +20,7 @@ from strategies.bayes_admm import (
     check_full_covariance,
     check_sampling,
 )
+from strategies.fedpm import FedPMStrategy, LocalNewtonStrategy, check_fednl, check_fedpm
 from strategies.mean import MeanStrategy
 
 ConfigCheck = Callable[[Mapping[str, Any], int], str | None]
@@ -101,5 +102,26 @@ ALGORITHMS: dict[str, Algorithm] = {
         ("none",),
         "IVON-ADMM: Bayesian ADMM with diagonal Gaussians, IVON with prior and duals",
         check_sampling,
+    ),
+    "fedpm": Algorithm(
+        FedPMStrategy,
+        "newton",
+        ("none",),
+        "FedPM (Ishii et al.): K local preconditioned steps, preconditioned mixing (curvature)",
+        check_fedpm,
+    ),
+    "localnewton": Algorithm(
+        LocalNewtonStrategy,
+        "local-newton",
+        ("none",),
+        "LocalNewton: the FedPM local steps (curvature), simple (client-weighting) mean",
+        check_fedpm,
+    ),
+    "fednl": Algorithm(
+        FedPMStrategy,
+        "newton",
+        ("none",),
+        "FedNL-style global Newton (no compression) = fedpm with newton-steps=1, hessian",
+        check_fednl,
     ),
 }

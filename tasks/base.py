@@ -35,6 +35,8 @@ class Task(ABC):
     name: str = ""
     l2: float = 0.0
     natural_clients: bool = False
+    convex: bool = False
+    """The objective is convex in the parameters (a unique optimum: ``subopt`` is logged)."""
     default_partitioner: str = "iid"
 
     @abstractmethod

@@ -46,6 +46,7 @@ class SyntheticTask(Task):
 
     name = "synthetic"
     l2 = 1e-3
+    convex = True
     natural_clients = True
     default_partitioner = "natural"
 

@@ -51,6 +51,13 @@ BAD_VALUES: dict[str, Any] = {
     "mc-samples": -1,
     "eval-samples": -1,
     "precision-floor": 0.0,
+    "eta": 0.0,
+    "newton-steps": 0,
+    "curvature": "kfac",
+    "damping": -1.0,
+    "foof-ema": 1.0,
+    "foof-refresh": 0,
+    "curvature-cap-mb": 0.0,
 }
 
 

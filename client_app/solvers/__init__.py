@@ -4,6 +4,7 @@ from client_app.solvers.admm import admm
 from client_app.solvers.alternating import alternating
 from client_app.solvers.base import Solver
 from client_app.solvers.bayes import isotropic, ivon, newton
+from client_app.solvers.preconditioned import fedpm, local_newton
 from client_app.solvers.sgd import prox_sgd, sgd
 
 SOLVERS: dict[str, Solver] = {
@@ -14,6 +15,8 @@ SOLVERS: dict[str, Solver] = {
     "bayes-sgd": isotropic,
     "von": newton,
     "ivon": ivon,
+    "newton": fedpm,
+    "local-newton": local_newton,
 }
 
 __all__ = ["SOLVERS", "Solver"]

@@ -28,7 +28,7 @@ and centres the KL on ``GLOBAL_MEAN`` (the prior mean); later rounds start at ``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +36,10 @@ from typing import Any
 import torch
 from ivon import IVON
 from torch import nn
-from torch.func import functional_call, grad, hessian
+from torch.func import grad, hessian
 
 from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
+from client_app.solvers.functional import sum_loss
 from strategies.bayes_admm import (
     DUAL_MEAN,
     DUAL_PRECISION,
@@ -184,35 +185,6 @@ def isotropic(inp: SolverInput) -> SolverOutput:
 
 
 # ----------------------------------------------------------------------- newton-admm (§2.4)
-class _Objective(nn.Module):
-    """``(x, y) ↦ task.objective(model, x, y)`` as a module, for ``torch.func.functional_call``."""
-
-    def __init__(self, inp: SolverInput) -> None:
-        super().__init__()
-        self.model = inp.model
-        self.task = inp.task
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The task's mean loss ``f_k`` on ``(x, y)``."""
-        return self.task.objective(self.model, x, y)
-
-
-def sum_loss(
-    inp: SolverInput, shapes: dict[str, tuple[int, ...]]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``θ ↦ ℓ_k(θ) = N_k f_k(θ)`` on the whole local training set, ``θ`` the flat block."""
-    wrapper = _Objective(inp)
-    dtype = next(inp.model.parameters()).dtype
-    n = float(len(inp.train))
-
-    def loss(theta: torch.Tensor) -> torch.Tensor:
-        params = {f"model.{k}": v.to(dtype) for k, v in unflatten(theta, shapes).items()}
-        value: torch.Tensor = functional_call(wrapper, params, (inp.train.x, inp.train.y))
-        return n * value.to(torch.float64)
-
-    return loss
-
-
 def newton(inp: SolverInput) -> SolverOutput:
     """``newton-admm`` client: VON iterations (§2.4) from ``(m, S) = (start, S_g)``.
 

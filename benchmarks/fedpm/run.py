@@ -1,0 +1,167 @@
+"""FedPM benchmarks (issue 5): convex suboptimality and a heterogeneous CNN task.
+
+Every run goes through the real ServerApp and ClientApp code on the in-process grid
+(``server_app.inprocess``). "FedPM" here is federated *preconditioned mixing* (Ishii et al.,
+AAAI-26), not the probabilistic-mask FedPM of Flower Baselines / FL4Health.
+
+1. Convex (L2 logistic regression, ``client-weighting='examples'``, full participation):
+   ``synthetic`` (alpha = beta = 1, natural clients) and ``breast-cancer`` (Dirichlet 0.5),
+   ``subopt = f(θ_t) − f*`` per round for fedpm (exact Hessian, K = 1), localnewton (K = 1),
+   fedavg, fedprox; rounds to ``subopt <= 1e-8``; the ratio of successive suboptimalities.
+2. CNN: ``digits`` with Dirichlet(0.1), fedpm (FOOF) vs localnewton (FOOF) vs fedavg, seeds
+   0-2: final global accuracy (mean ± std) and bytes up per client per round.
+
+    python -m benchmarks.fedpm.run [--parts convex cnn --rounds 20 --cnn-rounds 10 --seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import statistics
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from client_app.app import app as client_app
+from server_app.app import run_federation
+from server_app.inprocess import InProcessGrid
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+CONVEX = {  # method -> overrides (all: client-weighting='examples', full participation)
+    "fedpm": {"algorithm": "fedpm", "curvature": "hessian", "newton-steps": 1},
+    "localnewton": {"algorithm": "localnewton", "curvature": "hessian", "newton-steps": 1},
+    "fedavg": {"algorithm": "fedavg", "lr": 0.5, "local-epochs": 5, "batch-size": 32},
+    "fedprox": {
+        "algorithm": "fedprox",
+        "lr": 0.5,
+        "local-epochs": 5,
+        "batch-size": 32,
+        "proximal-mu": 0.01,
+    },
+}
+TASKS = {
+    "synthetic": {"task": "synthetic", "partitioner": "natural"},
+    "breast-cancer": {"task": "breast-cancer", "partitioner": "dirichlet", "dirichlet-alpha": 0.5},
+}
+CNN = {
+    "fedpm-foof": {"algorithm": "fedpm", "curvature": "foof"},
+    "localnewton-foof": {"algorithm": "localnewton", "curvature": "foof"},
+    "fedavg": {"algorithm": "fedavg", "local-epochs": 1},
+}
+
+
+def defaults() -> dict[str, Any]:
+    """The run-config defaults of pyproject.toml."""
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+def run(cfg: dict[str, Any], clients: int) -> list[dict[str, Any]]:
+    """One in-process run; its metrics.jsonl rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = run_federation(InProcessGrid(client_app, clients), cfg | {"output-dir": tmp})
+        return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def convex(rounds: int, eta: float, damping: float) -> list[str]:
+    """Suboptimality table (markdown rows) for the convex tasks."""
+    lines = [
+        "| task | method | subopt r1 | r5 | final | rounds to 1e-8 | last successive ratios |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, tover in TASKS.items():
+        for method, over in CONVEX.items():
+            cfg = (
+                defaults()
+                | tover
+                | over
+                | {
+                    "num-server-rounds": rounds,
+                    "fraction-evaluate": 0.0,
+                    "seed": 0,
+                    "client-weighting": "examples",
+                    "local-test-fraction": 0.0,
+                    "device": "cpu",
+                    "eta": eta,
+                    "damping": damping,
+                    "run-name": f"{task}-{method}",
+                }
+            )
+            rows = run(cfg, 10)
+            sub = [max(r["subopt"], 0.0) for r in rows]
+            hit = next((r["round"] for r, s in zip(rows, sub, strict=True) if s <= 1e-8), None)
+            ratios = [b / a for a, b in itertools.pairwise(sub[1:]) if a > 1e-14][-3:]
+            lines.append(
+                f"| {task} | {method} | {sub[1]:.2e} | {sub[min(5, rounds)]:.2e} | {sub[-1]:.2e} "
+                f"| {hit if hit is not None else f'> {rounds}'} | "
+                + ", ".join(f"{x:.1e}" for x in ratios)
+                + " |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+def cnn(rounds: int, seeds: list[int]) -> list[str]:
+    """Accuracy / bytes table for the digits CNN with Dirichlet(0.1)."""
+    lines = [
+        "| method | final global accuracy (mean ± std) | MB up per client per round |",
+        "|---|---|---|",
+    ]
+    for method, over in CNN.items():
+        accs, mbs = [], []
+        for seed in seeds:
+            cfg = (
+                defaults()
+                | over
+                | {
+                    "task": "digits",
+                    "partitioner": "dirichlet",
+                    "dirichlet-alpha": 0.1,
+                    "num-server-rounds": rounds,
+                    "fraction-evaluate": 0.0,
+                    "seed": seed,
+                    "device": "cpu",
+                    "eta": 0.1,
+                    "damping": 0.1,
+                    "newton-steps": 50,
+                    "batch-size": 32,
+                    "run-name": f"cnn-{method}-{seed}",
+                }
+            )
+            rows = run(cfg, 10)
+            accs.append(rows[-1]["global-accuracy"])
+            mbs.append(rows[-1]["bytes-up"] / rows[-1]["clients"] / 2**20)
+        sd = statistics.stdev(accs) if len(accs) > 1 else math.nan
+        lines.append(f"| {method} | {statistics.mean(accs):.3f} ± {sd:.3f} | {mbs[0]:.3f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    """Parse arguments, run the parts, print and save the tables."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parts", nargs="+", default=["convex", "cnn"])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--cnn-rounds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--eta", type=float, default=1.0)
+    parser.add_argument("--damping", type=float, default=0.0)
+    args = parser.parse_args()
+    out = []
+    if "convex" in args.parts:
+        out += [*convex(args.rounds, args.eta, args.damping), ""]
+    if "cnn" in args.parts:
+        out += cnn(args.cnn_rounds, args.seeds)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tables.md").write_text("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""``subopt = f(θ_t) − f*`` for convex tasks (ALGORITHMS.md §3, issue 5).
+
+``f(θ) = Σ_i w_i f_i(θ)`` is the federation's global objective: each client's mean loss ``f_i``
+(with the task's L2 term) on its training split, ``w_i = 1/N`` (``client-weighting='uniform'``)
+or ``n_i/n`` (``'examples'``: the pooled-data loss). ``f*`` comes from a centralized float64
+Newton solve with backtracking on the pooled training data, computed once per federation and
+weighting (``lru_cache``; the Newton solve is exact up to ``‖∇f‖ ≤ 1e-12``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch.func import grad, hessian
+
+from tasks.federation import FederationSpec, build_federation
+from tasks.functional import flat_objective, flatten
+from tasks.materialize import as_tensors, build_skeleton
+from tasks.registry import get_task
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def global_objective(spec: FederationSpec, weighting: str, seed: int) -> tuple[Objective, Any]:
+    """``θ ↦ f(θ)`` (float64, flat shared layout) and the float64 layout ``{name: shape}``."""
+    task = get_task(spec.task)
+    skeleton = build_skeleton(task, "none", seed)
+    model = copy.deepcopy(skeleton.model).to(torch.float64)
+    shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    clients = [c.train for c in build_federation(spec).clients if len(c.train)]
+    total = sum(len(c) for c in clients)
+    parts = []
+    for data in clients:
+        tensors = as_tensors(data, torch.device("cpu"), torch.float64)
+        weight = len(data) / total if weighting == "examples" else 1.0 / len(clients)
+        parts.append(flat_objective(task, model, tensors.x, tensors.y, shapes, weight))
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        return torch.stack([part(theta) for part in parts]).sum()
+
+    return f, shapes
+
+
+@lru_cache(maxsize=8)
+def optimum(spec: FederationSpec, weighting: str, seed: int) -> tuple[torch.Tensor, float]:
+    """``(θ*, f*)`` of the global objective by damped Newton in float64 (cached)."""
+    f, shapes = global_objective(spec, weighting, seed)
+    skeleton = build_skeleton(get_task(spec.task), "none", seed)
+    theta = flatten({k: skeleton.init[k] for k in shapes})
+    value = f(theta)
+    for _ in range(200):
+        g = grad(f)(theta)
+        if float(g.norm()) <= 1e-12:
+            break
+        h = hessian(f)(theta)
+        step = torch.linalg.solve(0.5 * (h + h.T), g)
+        t = 1.0
+        while True:  # Armijo backtracking
+            cand = theta - t * step
+            new = f(cand)
+            if float(new) <= float(value) - 1e-4 * t * float(g @ step):
+                break
+            t *= 0.5
+            if t < 1e-12:  # no decrease representable in float64: at the optimum
+                return theta, float(value)
+        theta, value = cand, new
+    return theta, float(value)
+
+
+def subopt_fn(cfg: Mapping[str, Any], spec: FederationSpec) -> Callable[[Mapping[str, Any]], float]:
+    """``arrays ↦ f(θ) − f*`` for the run's global model (``arrays``: name -> numpy array)."""
+    weighting, seed = str(cfg["client-weighting"]), int(cfg["seed"])
+    f, shapes = global_objective(spec, weighting, seed)
+    _, f_star = optimum(spec, weighting, seed)
+
+    def subopt(arrays: Mapping[str, Any]) -> float:
+        theta = flatten({k: torch.as_tensor(np.asarray(arrays[k])) for k in shapes})
+        return float(f(theta)) - f_star
+
+    return subopt

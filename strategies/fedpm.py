@@ -1,0 +1,360 @@
+"""FedPM: local preconditioned steps, then preconditioned mixing on the server (ALGORITHMS.md §3).
+
+Not the "FedPM" of Flower Baselines / FL4Health (federated probabilistic masks): this is
+Ishii et al., "FedPM: federated preconditioned mixing" (arXiv 2511.09100, AAAI-26).
+
+Client ``i`` takes ``K`` (``newton-steps``) local steps ``θ ← θ − η P_i^{-1} ∇f_i(θ)`` from ``θ^t``
+and replies its parameters ``θ_i`` (``SHARED``) and the preconditioner of its **last** step
+(``CURVATURE``, §3.2, §3.3). The server, with no data, mixes over the participants ``S_t``
+(§3.2, §3.6)
+
+    θ^{t+1} = (Σ_{i∈S_t} w_i P_i)^{-1} Σ_{i∈S_t} w_i P_i θ_i,        w_i = 1 | n_i
+
+(``client-weighting`` = uniform | examples; §3.4 "client weighting"). Three curvature kinds:
+
+* ``hessian`` (§3.3): ``P_i = ∇²f_i + λI`` over the flattened shared block (record order), one
+  symmetric ``d×d`` matrix sent as its upper triangle (``TRIU``, row-major, ``d(d+1)/2`` values).
+* ``foof`` (§3.4): per Linear / Conv2d layer ``l`` the damped factor ``Ā_l = A_l + λI`` of the
+  uncentred second moment of the layer's inputs (im2col patches for convolutions, bias folded in
+  as a last input of ones), upper triangle under the layer's module name. The layer is mixed as
+
+      W^{t+1} = (Σ_i w_i W_i Ā_{i,l}) (Σ_i w_i Ā_{i,l})^{-1}        (W = [weight | bias])
+
+  and every other shared parameter (not in a preconditioned layer) by the weighted mean.
+* ``diagonal``: a vector per shared parameter (the shared block's layout): for a layer's weight
+  entry ``W[o, j]`` the diagonal ``A_l[j, j] + λ`` of the FOOF factor, ``1 + λ`` elsewhere; mixed
+  element-wise ``θ = Σ w_i p_i ⊙ θ_i / Σ w_i p_i``. Cheap (no ``d_in²`` factor) for large models.
+
+With ``K = 1`` the client's ``P_i^{-1}`` and the server's ``P_i`` cancel and one round is
+``θ^t − η (Σ w_i P_i)^{-1} Σ w_i ∇f_i(θ^t)`` (§3.5; exact Hessians: the global Newton step, i.e.
+FedNL without compression). ``LocalNewtonStrategy`` is the simple-mixing baseline (§5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord
+from flwr.common import log
+from torch import nn
+
+from strategies.base import FederatedStrategy, Reply, Template
+from strategies.messages import SHARED, flatten, numpy_to_record, unflatten
+
+CURVATURE = "curvature"
+"""ArrayRecord client -> server: the last (damped) local preconditioner, kind-dependent layout."""
+TRIU = "hessian-triu"
+"""The one array of a ``hessian`` curvature record: the upper triangle of ``P_i`` (row-major)."""
+KINDS = ("hessian", "foof", "diagonal")
+"""Values of ``curvature``."""
+BYTES_PER_CLIENT = "bytes-up-per-client"
+"""Round metric: mean payload bytes one client uploaded (parameters + curvature)."""
+
+Arrays = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------- symmetric packing
+def pack_symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    """The upper triangle (diagonal included) of a square ``matrix``, row-major, as a vector."""
+    n = matrix.shape[0]
+    rows, cols = torch.triu_indices(n, n, device=matrix.device)
+    return matrix[rows, cols]
+
+
+def unpack_symmetric(packed: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle ``pack_symmetric`` returned."""
+    n = round((math.sqrt(8 * packed.numel() + 1) - 1) / 2)
+    if n * (n + 1) // 2 != packed.numel():
+        raise ValueError(f"{packed.numel()} values are not the upper triangle of a square matrix")
+    rows, cols = torch.triu_indices(n, n, device=packed.device)
+    out = torch.zeros(n, n, dtype=packed.dtype, device=packed.device)
+    out[rows, cols] = packed
+    out[cols, rows] = packed
+    return out
+
+
+def triu_size(n: int) -> int:
+    """Number of values in the upper triangle of an ``n×n`` matrix."""
+    return n * (n + 1) // 2
+
+
+# ----------------------------------------------------------------------- FOOF layer layout
+@dataclass(frozen=True)
+class Layer:
+    """A FOOF-preconditioned layer (§3.4): its module, weight and bias names, factor side."""
+
+    name: str
+    """Module path (``"layer"`` for a model that is itself one layer): the factor's array name."""
+    module: str
+    """Module path for ``model.get_submodule`` (``""``: the model itself)."""
+    weight: str
+    bias: str | None
+    size: int
+    """Side of ``A_l``: ``d_in`` (Conv2d: ``C_in·k_h·k_w``), +1 with a bias."""
+
+
+def foof_layers(model: nn.Module, shared: Sequence[str]) -> list[Layer]:
+    """The Linear and (ungrouped) Conv2d layers whose weight and bias are all in ``shared``.
+
+    Grouped / depthwise convolutions would need per-group factors (§3.4); they, and layers
+    only partly in the shared block, are left to the plain step and the weighted mean.
+    """
+    names = set(shared)
+    out = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        if isinstance(module, nn.Conv2d) and (
+            module.groups != 1
+            or module.padding_mode != "zeros"
+            or not isinstance(module.padding, tuple)
+        ):
+            continue
+        prefix = f"{name}." if name else ""
+        weight = f"{prefix}weight"
+        bias = f"{prefix}bias" if module.bias is not None else None
+        if weight in names and (bias is None or bias in names):
+            size = module.weight[0].numel() + (bias is not None)
+            out.append(Layer(name or "layer", name, weight, bias, size))
+    return out
+
+
+def layer_matrix(arrays: Mapping[str, torch.Tensor], layer: Layer) -> torch.Tensor:
+    """``W = [weight.reshape(d_out, -1) | bias]``: the layer as a ``d_out × size`` matrix."""
+    weight = arrays[layer.weight]
+    matrix = weight.reshape(weight.shape[0], -1)
+    if layer.bias is not None:
+        matrix = torch.cat([matrix, arrays[layer.bias].reshape(-1, 1)], dim=1)
+    return matrix
+
+
+def split_layer_matrix(
+    matrix: torch.Tensor, layer: Layer, shapes: Mapping[str, tuple[int, ...]]
+) -> Arrays:
+    """Inverse of ``layer_matrix``: the weight (and bias) tensors in their shapes."""
+    shape = shapes[layer.weight]
+    out = {layer.weight: matrix[:, : math.prod(shape[1:])].reshape(shape)}
+    if layer.bias is not None:
+        out[layer.bias] = matrix[:, -1].reshape(shapes[layer.bias])
+    return out
+
+
+def curvature_template(kind: str, shared: Template, layers: Sequence[Layer]) -> Template:
+    """Expected arrays of a ``CURVATURE`` reply (name -> (shape, dtype)) for ``kind``."""
+    dtype = next(iter(shared.values()))[1]
+    if kind == "hessian":
+        d = sum(math.prod(shape) for shape, _ in shared.values())
+        return {TRIU: ((triu_size(d),), dtype)}
+    if kind == "foof":
+        return {layer.name: ((triu_size(layer.size),), dtype) for layer in layers}
+    if kind == "diagonal":
+        return dict(shared)
+    raise ValueError(f"curvature={kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def template_nbytes(template: Template) -> int:
+    """Payload bytes of one record with ``template``."""
+    import numpy as np
+
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in template.values())
+
+
+# ----------------------------------------------------------------------- the mixing (§3.2/3.4)
+def _solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``matrix^{-1} rhs``; a least-squares (pseudo-inverse) solve if ``matrix`` is singular."""
+    try:
+        out: torch.Tensor = torch.linalg.solve(matrix, rhs)
+    except RuntimeError:  # torch.linalg.LinAlgError subclasses RuntimeError
+        log(WARNING, "FedPM: mixed preconditioner is singular; using its pseudo-inverse")
+        out = torch.linalg.pinv(matrix) @ rhs
+    return out
+
+
+def precondition_mix(
+    kind: str,
+    thetas: Sequence[Mapping[str, torch.Tensor]],
+    curvatures: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float],
+    layers: Sequence[Layer] = (),
+) -> Arrays:
+    """``θ = (Σ_i w_i P_i)^{-1} Σ_i w_i P_i θ_i`` in float64 (ALGORITHMS.md §3.2, §3.4, §3.7).
+
+    ``thetas``: the clients' parameters by name (shared-block order); ``curvatures``: their
+    decoded preconditioners — ``hessian``: ``{TRIU: d×d matrix}``; ``foof``: ``{layer: Ā_l}``;
+    ``diagonal``: vectors by parameter name. Parameters outside the FOOF layers get the weighted
+    mean. Returns float64 tensors in the order of ``thetas[0]``.
+    """
+    w = [float(x) for x in weights]
+    names = list(thetas[0])
+    shapes = {k: tuple(v.shape) for k, v in thetas[0].items()}
+    th = [{k: v.to(torch.float64) for k, v in t.items()} for t in thetas]
+    cv = [{k: v.to(torch.float64) for k, v in c.items()} for c in curvatures]
+
+    def wsum(terms: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([wi * x for wi, x in zip(w, terms, strict=True)]).sum(0)
+
+    if kind == "hessian":
+        p_sum = wsum([c[TRIU] for c in cv])
+        rhs = wsum([c[TRIU] @ flatten(t) for c, t in zip(cv, th, strict=True)])
+        return dict(unflatten(_solve(p_sum, rhs), shapes))
+    if kind == "diagonal":
+        return {
+            k: wsum([c[k] * t[k] for c, t in zip(cv, th, strict=True)]) / wsum([c[k] for c in cv])
+            for k in names
+        }
+    if kind != "foof":
+        raise ValueError(f"curvature={kind!r}; expected one of {', '.join(KINDS)}")
+    mixed: Arrays = {}
+    for layer in layers:
+        # (Σ w W_i Ā_i)(Σ w Ā_i)^{-1}, transposed: (Σ w Ā_i)^{-1} (Σ w Ā_i W_iᵀ) (Ā symmetric)
+        a_sum = wsum([c[layer.name] for c in cv])
+        rhs = wsum([c[layer.name] @ layer_matrix(t, layer).T for c, t in zip(cv, th, strict=True)])
+        mixed.update(split_layer_matrix(_solve(a_sum, rhs).T, layer, shapes))
+    for k in names:
+        if k not in mixed:
+            mixed[k] = wsum([t[k] for t in th]) / sum(w)
+    return {k: mixed[k] for k in names}
+
+
+def decode_curvature(kind: str, arrays: Mapping[str, Any]) -> Arrays:
+    """A ``CURVATURE`` record (numpy or torch) as float64 matrices / vectors for the mixing."""
+    tensors = {k: torch.as_tensor(v).to(torch.float64) for k, v in arrays.items()}
+    if kind == "diagonal":
+        return tensors
+    return {k: unpack_symmetric(v) for k, v in tensors.items()}
+
+
+# ----------------------------------------------------------------------- config rule
+def model_layout(config: Mapping[str, Any]) -> tuple[nn.Module, list[str]]:
+    """The task's model (built under a forked RNG) and its shared parameter names."""
+    from tasks.personalization import split_names
+    from tasks.registry import get_task
+
+    with torch.random.fork_rng(devices=[]):
+        model = get_task(str(config["task"])).build_model(str(config["personalization"]))
+    shared, _ = split_names(model, str(config["personalization"]))
+    return model, shared
+
+
+def curvature_upload(config: Mapping[str, Any]) -> tuple[int, int]:
+    """(curvature bytes, parameter bytes) one client uploads per round under ``config``."""
+    model, shared = model_layout(config)
+    params = dict(model.named_parameters())
+    template: Template = {
+        k: (tuple(params[k].shape), str(params[k].dtype).removeprefix("torch.")) for k in shared
+    }
+    curv = curvature_template(str(config["curvature"]), template, foof_layers(model, shared))
+    return template_nbytes(curv), template_nbytes(template)
+
+
+def check_fedpm(config: Mapping[str, Any], num_shared: int) -> str | None:
+    """Config rule of the FedPM family: the curvature upload must fit ``curvature-cap-mb``."""
+    curv, params = curvature_upload(config)
+    cap = float(config["curvature-cap-mb"]) * 2**20
+    if curv > cap:
+        return (
+            f"algorithm={config['algorithm']!r} with curvature={config['curvature']!r} would "
+            f"upload {curv / 2**20:.1f} MB of curvature per client and round for task="
+            f"{config['task']!r} ({num_shared} shared parameters, {params / 2**20:.2f} MB), over "
+            f"curvature-cap-mb={config['curvature-cap-mb']}; use curvature='foof' or 'diagonal', "
+            f"a smaller model, or raise curvature-cap-mb"
+        )
+    return None
+
+
+def check_fednl(config: Mapping[str, Any], num_shared: int) -> str | None:
+    """Config rule of ``fednl``: the global Newton step is FedPM with K = 1, exact Hessians."""
+    if config["curvature"] != "hessian" or int(config["newton-steps"]) != 1:
+        return (
+            f"algorithm='fednl' is the exact global Newton step (FedPM with newton-steps=1, "
+            f"curvature='hessian'); got newton-steps={config['newton-steps']!r}, curvature="
+            f"{config['curvature']!r}; use algorithm='fedpm' for other settings"
+        )
+    return check_fedpm(config, num_shared)
+
+
+# ----------------------------------------------------------------------- the rules
+class FedPMStrategy(FederatedStrategy):
+    """Server of FedPM: preconditioned mixing of the participants' ``(θ_i, P_i)`` (§3.2, §3.7).
+
+    Server state: ``θ`` only (the preconditioner is rebuilt every round, §3.3).
+    """
+
+    reply_records: tuple[str, ...] = (SHARED, CURVATURE)
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__(config)
+        self.kind = str(config["curvature"])
+        self.layers: list[Layer] = []
+
+    def init_state(self, initial: ArrayRecord) -> None:
+        """The FOOF layer layout of the shared block (from the task's model)."""
+        model, _ = model_layout(self.config)
+        self.layers = foof_layers(model, list(self.shared_template))
+        curv = template_nbytes(self.reply_template(CURVATURE))
+        log(
+            INFO,
+            "FedPM: curvature=%s, %d preconditioned layers, %.3f MB curvature up per client",
+            self.kind,
+            len(self.layers),
+            curv / 2**20,
+        )
+
+    def reply_template(self, name: str) -> Template:
+        """``CURVATURE`` follows ``curvature_template``; ``SHARED`` the shared block."""
+        if name == CURVATURE:
+            return curvature_template(self.kind, self.shared_template, self.layers)
+        return self.shared_template
+
+    def client_weight(self, reply: Reply) -> float:
+        """``w_i``: ``n_i`` with ``client-weighting='examples'``, else 1."""
+        return float(reply.num_examples) if self.config["client-weighting"] == "examples" else 1.0
+
+    def aggregate(
+        self, server_round: int, current: ArrayRecord, replies: list[Reply]
+    ) -> ArrayRecord:
+        """``θ^{t+1} = (Σ w_i P_i)^{-1} Σ w_i P_i θ_i`` over this round's participants."""
+        thetas = [{k: torch.from_numpy(v) for k, v in r.arrays[SHARED].items()} for r in replies]
+        curvatures = [decode_curvature(self.kind, r.arrays[CURVATURE]) for r in replies]
+        mixed = precondition_mix(
+            self.kind, thetas, curvatures, [self.client_weight(r) for r in replies], self.layers
+        )
+        return numpy_to_record(
+            {k: v.numpy().astype(self.shared_template[k][1]) for k, v in mixed.items()}
+        )
+
+    def train_metrics(self, replies: list[Reply]) -> dict[str, float]:
+        """Base metrics plus ``bytes-up-per-client`` (parameters + curvature)."""
+        return {
+            **super().train_metrics(replies),
+            BYTES_PER_CLIENT: self.round_log.bytes_up / max(len(replies), 1),
+        }
+
+
+class LocalNewtonStrategy(FedPMStrategy):
+    """LocalNewton's server (§5): the simple (``client-weighting``) mean of the local results.
+
+    Clients take the same local preconditioned steps as FedPM but send only ``θ_i``; with
+    ``K = 1`` and exact Hessians this is ``θ − (η/N) Σ_i P_i^{-1} g_i`` (§3.1, the drift
+    FedPM removes).
+    """
+
+    reply_records = (SHARED,)
+
+    def aggregate(
+        self, server_round: int, current: ArrayRecord, replies: list[Reply]
+    ) -> ArrayRecord:
+        """``θ^{t+1} = Σ w_i θ_i / Σ w_i``."""
+        thetas = [{k: torch.from_numpy(v) for k, v in r.arrays[SHARED].items()} for r in replies]
+        w = [self.client_weight(r) for r in replies]
+        mean = precondition_mix(
+            "diagonal", thetas, [{k: torch.ones(()) for k in t} for t in thetas], w
+        )
+        return numpy_to_record(
+            {k: v.numpy().astype(self.shared_template[k][1]) for k, v in mean.items()}
+        )

@@ -12,7 +12,7 @@ import copy
 import itertools
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
@@ -91,7 +91,14 @@ class InProcessGrid(Grid):
             msg.metadata.__dict__["_src_node_id"] = 0
             self.sent.append(msg)
             incoming = copy.deepcopy(msg)
-            reply = self.client_app(incoming, self.contexts[msg.metadata.dst_node_id])
+            try:
+                reply = self.client_app(incoming, self.contexts[msg.metadata.dst_node_id])
+            except (
+                Exception
+            ) as err:  # a real engine turns a ClientApp exception into an error reply
+                reply = Message(
+                    Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=incoming
+                )
             reply = copy.deepcopy(reply)
             if self.tamper is not None:
                 reply = self.tamper(reply)

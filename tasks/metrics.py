@@ -18,13 +18,16 @@ def classification_metrics(
 
     AUC averages the binary AUC of every class that has both positives and negatives in
     ``y_true`` (a client's local test split often lacks classes under label skew); it is NaN
-    when no class qualifies.
+    when no class qualifies. Rows with non-finite probabilities (a diverged model) count as
+    wrong predictions and are left out of the AUC, instead of failing the evaluation.
     """
-    y_pred = probs.argmax(axis=1)
+    finite = np.isfinite(probs).all(axis=1)
+    y_pred = np.where(finite, np.nan_to_num(probs).argmax(axis=1), -1)
+    y_ok, p_ok = y_true[finite], probs[finite]
     aucs = [
-        float(roc_auc_score(y_true == c, probs[:, c]))
+        float(roc_auc_score(y_ok == c, p_ok[:, c]))
         for c in range(probs.shape[1])
-        if 0 < int((y_true == c).sum()) < len(y_true)
+        if 0 < int((y_ok == c).sum()) < len(y_ok)
     ]
     return {
         "loss": float(loss),

@@ -165,6 +165,7 @@ def main() -> None:
                 "|---" * (len(cols) + 1) + "|",
             ]
             lines += [f"| {a} | " + " | ".join(r[c] for c in cols) + " |" for a, r in table]
+            (args.out / "table.md").write_text("\n".join(lines) + "\n")  # progress so far
     text = "\n".join(lines)
     print(text)
     (args.out / "table.md").write_text(text + "\n")

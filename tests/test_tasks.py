@@ -92,3 +92,13 @@ def test_personal_block_never_travels(config: dict[str, Any]) -> None:
         assert list(personal.keys()) == ["linear_p.weight"]
         assert np.abs(personal["linear_p.weight"].numpy()).sum() > 0  # it was trained
     assert read_metrics(run_dir)[-1]["personal-accuracy"] > 0.5
+
+
+def test_metrics_count_non_finite_predictions_as_wrong() -> None:
+    from tasks.metrics import classification_metrics
+
+    y = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [np.nan, np.nan], [0.6, 0.4]])
+    m = classification_metrics(y, probs, float("nan"))
+    assert m["accuracy"] == 0.75  # the NaN row is wrong, the three finite rows are right
+    assert m["auc"] == 1.0  # computed on the finite rows only

@@ -54,9 +54,9 @@ def train(msg: Message, context: Context) -> Message:
     sk = assemble_model(config, msg.content.array_records[SHARED], state, device)
     dtype = next(sk.model.parameters()).dtype
     train_data, _ = client_data(config, pid, num, device, dtype)
-    generator = torch.Generator().manual_seed(
-        int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + pid
-    )
+    local_seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + pid
+    generator = torch.Generator().manual_seed(local_seed)
+    torch.manual_seed(local_seed)  # dropout and other global-RNG ops: same run, same draws
     u = {
         k: torch.as_tensor(a.numpy(), device=device)
         for k, a in msg.content.array_records[SHARED].items()

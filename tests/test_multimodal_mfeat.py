@@ -131,3 +131,19 @@ def test_fedper_on_mfeat_keeps_the_personal_block_local(mode: str, config: dict[
     assert travelled == set(shared)
     for nid in grid.node_ids:
         assert list(grid.contexts[nid].state[PERSONAL].keys()) == personal
+
+
+def test_multimodal_runs_are_deterministic(tmp_path: Path) -> None:
+    """Dropout draws from torch's global RNG: the ClientApp seeds it per (seed, round, client)."""
+    from tests.conftest import default_config, read_metrics, run_local
+
+    base = default_config() | {"output-dir": str(tmp_path), "num-server-rounds": 2,
+                               "task": "mfeat", "algorithm": "fedalt", "lr": 0.05,
+                               "local-epochs": 1}
+    a, _ = run_local(base | {"run-name": "a"}, 3)
+    b, _ = run_local(base | {"run-name": "b"}, 3)
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "wall-time"} for r in rows]
+
+    assert strip(read_metrics(a)) == strip(read_metrics(b))

@@ -59,6 +59,7 @@ class TreeStats:
     foreign_cpu_s: float = 0.0
     duration_s: float = 0.0
     samples: int = 0
+    foreign_top: dict[str, float] = field(default_factory=dict)
 
 
 def read_proc(pid: int) -> ProcInfo | None:
@@ -129,6 +130,7 @@ class TreeSampler(threading.Thread):
         self.stats = TreeStats(peak_pss_mb=0.0 if with_pss else None)
         self._halt = threading.Event()
         self._tree_cpu: dict[tuple[int, int], float] = {}
+        self._ever_tree: set[tuple[int, int]] = set()
         self._foreign_first: dict[tuple[int, int], float] = {}
         self._foreign_last: dict[tuple[int, int], float] = {}
         self._t0 = time.monotonic()
@@ -147,18 +149,29 @@ class TreeSampler(threading.Thread):
         self.join()
         self.stats.duration_s = time.monotonic() - self._t0
         self.stats.tree_cpu_s = sum(self._tree_cpu.values())
-        self.stats.foreign_cpu_s = sum(
-            last - self._foreign_first[key] for key, last in self._foreign_last.items()
-        )
+        used = {
+            key: last - self._foreign_first[key]
+            for key, last in self._foreign_last.items()
+            if key not in self._ever_tree
+        }
+        self.stats.foreign_cpu_s = sum(used.values())
+        top = sorted(used.items(), key=lambda kv: -kv[1])[:3]
+        self.stats.foreign_top = {
+            f"{pid}:{_short_cmd(pid)}": round(cpu, 1) for (pid, _), cpu in top if cpu >= 0.5
+        }
         return self.stats
 
     def _sample(self) -> None:
         procs = all_procs()
         tree = descendants(self.root, procs)
+        # A process seen in the tree stays ours after its parent exits (reparented to init).
+        for pid in [pid for pid, p in procs.items() if (pid, p.start) in self._ever_tree]:
+            tree |= descendants(pid, procs)
         me = os.getpid()
         for pid, p in procs.items():
             key = (pid, p.start)
             if pid in tree:
+                self._ever_tree.add(key)
                 self._tree_cpu[key] = p.cpu_s
             elif pid != me:
                 born_during = p.start > self._boot
@@ -177,6 +190,15 @@ class TreeSampler(threading.Thread):
         if self.with_pss and self.stats.peak_pss_mb is not None:
             pss = sum(pss_bytes(pid) for pid in tree) / MB
             self.stats.peak_pss_mb = max(self.stats.peak_pss_mb, pss)
+
+
+def _short_cmd(pid: int) -> str:
+    """The first words of ``pid``'s command line (program names without their paths)."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "(exited)"
+    return " ".join(Path(w.decode(errors="replace")).name for w in words[:4] if w)[:60]
 
 
 def _boot_ticks() -> int:
@@ -228,6 +250,10 @@ def run_sampled(
             kill_tree(proc.pid)
             proc.wait()
             code = None
+        except BaseException:
+            kill_tree(proc.pid)
+            sampler.stop()
+            raise
         wall = time.monotonic() - t0
         stats = sampler.stop()
     return CommandResult(code, wall, stats)

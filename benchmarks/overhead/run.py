@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.overhead.proctree import CommandResult, TreeStats, busy_fraction, run_sampled
-from benchmarks.overhead.workload import ROOT, resolved_config
+from benchmarks.overhead.workload import ROOT, default_run_config, resolved_config
 
 STOCK_PYPROJECT = """\
 [build-system]
@@ -151,7 +152,10 @@ def fill_from_rows(m: Measurement, rows: list[dict[str, Any]]) -> None:
     if dropped:
         m.notes["dropped-replies"] = dropped
     if trained and "torch-threads" in trained[-1]:
-        m.notes["client-torch-threads"] = trained[-1]["torch-threads"]
+        m.notes["client-torch-threads"] = round(float(trained[-1]["torch-threads"]), 2)
+    for key in ("train-loss", "dual-norm-mean", "clients"):
+        if trained and trained[-1].get(key) is not None:
+            m.notes[f"final-{key}"] = trained[-1][key]
 
 
 def settle(m: Measurement, result: CommandResult, rows_file: Path | None) -> None:
@@ -184,7 +188,8 @@ class Bench:
             f"[{m.key}] {m.label}: {m.clients} clients, {m.rounds} rounds (try {self.attempt})",
             flush=True,
         )
-        m.busy_before = wait_for_idle(self.wait_idle)
+        # Memory (e) does not depend on other load: wait briefly only.
+        m.busy_before = wait_for_idle(self.wait_idle if m.key[0] != "e" else 5.0)
         m.notes["attempt"] = self.attempt
         scratch = self.work / f"{m.key}-{self.attempt}"
         scratch.mkdir(parents=True)
@@ -223,13 +228,19 @@ class Bench:
         )
 
     def dualflower(
-        self, m: Measurement, overrides: Mapping[str, Any], with_pss: bool = False
+        self,
+        m: Measurement,
+        overrides: Mapping[str, Any],
+        federation_config: str = "",
+        with_pss: bool = False,
     ) -> Measurement:
-        """Variants (a), (d), (e): dualflower through the simulation engine."""
+        """Variants (a), (a1), (d), (e): dualflower through the simulation engine."""
         scratch = self._prepare(m)
         outputs = scratch / "outputs"
         cfg = {"num-server-rounds": m.rounds, **overrides, "output-dir": str(outputs)}
-        result = self._launch(m, ROOT, scratch, run_config_arg(cfg), with_pss=with_pss)
+        result = self._launch(
+            m, ROOT, scratch, run_config_arg(cfg), federation_config, with_pss=with_pss
+        )
         found = sorted(outputs.glob("*/metrics.jsonl"))
         settle(m, result, found[0] if found else None)
         return m
@@ -256,7 +267,7 @@ class Bench:
         raw = {"num-server-rounds": m.rounds, **overrides, "output-dir": str(scratch / "out")}
         bench = {
             "config": resolved_config(raw),
-            "raw-config": {**resolved_config({}), **raw},
+            "raw-config": {**default_run_config(), **raw},
             "num-clients": m.clients,
             "rounds": m.rounds,
             "rows": str(rows),
@@ -314,6 +325,14 @@ def measurements(bench: Bench) -> list[Step]:
             "a",
             lambda: bench.dualflower(m("a", "dualflower FedAvg, simulation engine", n, r), fedavg),
         ),
+        (
+            "a1",
+            lambda: bench.dualflower(
+                m("a1", "dualflower FedAvg, engine, client-resources-num-cpus=1", n, r),
+                fedavg,
+                "client-resources-num-cpus=1",
+            ),
+        ),
         ("b", lambda: bench.stock(m("b", "Flower stock FedAvg, simulation engine", n, r), fedavg)),
         (
             "d",
@@ -328,17 +347,12 @@ def measurements(bench: Bench) -> list[Step]:
             ),
         ),
     ]
-    for k in p.memory_clients:
+
+    def memory(k: int) -> Callable[[], Measurement]:
         label = "dualflower FedADMM, 10% sampled, memory"
-        steps.append(
-            (
-                f"e-{k}",
-                lambda k=k, label=label: bench.dualflower(
-                    m(f"e-{k}", label, k, p.memory_rounds), admm, with_pss=True
-                ),
-            )
-        )
-    return steps
+        return lambda: bench.dualflower(m(f"e-{k}", label, k, p.memory_rounds), admm, with_pss=True)
+
+    return steps + [(f"e-{k}", memory(k)) for k in p.memory_clients]
 
 
 # --------------------------------------------------------------------------- report
@@ -410,6 +424,19 @@ def growth_line(ms: list[Measurement]) -> str:
     return text + "."
 
 
+def code_version() -> str:
+    """The git commit of ``ROOT`` and how many files differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return out.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = [line for line in git("status", "--porcelain").splitlines() if line.strip()]
+    return f"commit {head}" + (f" + {len(dirty)} uncommitted file(s)" if dirty else "")
+
+
 def machine() -> str:
     """One line describing the machine and the software versions."""
     import flwr
@@ -427,27 +454,43 @@ def machine() -> str:
     )
 
 
+def note_lines(ms: list[Measurement]) -> list[str]:
+    """One bullet per measurement with its extra observations (not the command)."""
+    lines = []
+    for m in ms:
+        extra = {k: v for k, v in m.notes.items() if k != "command"}
+        if m.stats is not None and m.stats.foreign_top:
+            extra["busiest other processes (CPU s)"] = m.stats.foreign_top
+        busy = "-" if m.busy_before is None else f"{100 * m.busy_before:.0f}%"
+        text = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
+        )
+        lines.append(f"- {m.key}: CPUs busy before start {busy}; {text}")
+    return lines
+
+
 def report(ms: list[Measurement], argv: list[str]) -> str:
     """The whole markdown report."""
     by = {m.key: m for m in ms}
-    timing = [by[k] for k in ("a", "a0", "b", "c") if k in by]
+    timing = [by[k] for k in ("a", "a0", "a1", "b", "c") if k in by]
     many = [by[k] for k in ("d", "d-stock") if k in by]
     memory = [m for m in ms if m.key.startswith("e-")]
-    a, b, c, a0 = (by.get(k, Measurement(k, "", 0, 0)) for k in ("a", "b", "c", "a0"))
+    a, a0, a1, b, c = (by.get(k, Measurement(k, "", 0, 0)) for k in ("a", "a0", "a1", "b", "c"))
     lines = [
         "# Overhead benchmark",
         "",
         f"`python -m benchmarks.overhead.run {' '.join(argv)}`".replace(" `", "`"),
         "",
-        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M')}. Code: {code_version()}.",
         "",
-        "## Time per round (a, a0, b, c)",
+        "## Time per round (a, a0, a1, b, c)",
         "",
         *timing_table(timing),
         "",
         f"Ratios of the median round time (rounds 2..N): a/c = {_ratio(a.steady, c.steady)} "
         f"(target <= 1.1), a/b = {_ratio(a.steady, b.steady)} (target <= 1.0), "
-        f"a0/c = {_ratio(a0.steady, c.steady)}, b/c = {_ratio(b.steady, c.steady)}.",
+        f"a0/c = {_ratio(a0.steady, c.steady)}, a1/c = {_ratio(a1.steady, c.steady)}, "
+        f"b/c = {_ratio(b.steady, c.steady)}.",
         "",
         "## Many clients, trivial work (d)",
         "",
@@ -459,13 +502,18 @@ def report(ms: list[Measurement], argv: list[str]) -> str:
         "",
         growth_line(memory),
         "",
+        "## Notes per measurement",
+        "",
+        *note_lines(ms),
+        "",
         "Columns: *round 1* includes first-use costs (Ray actor start, imports, torch warm-up); "
         "*command total* is the wall time of the whole command (SuperLink start, Ray start, "
         "node discovery, all rounds, shutdown); *tree CPU* is the CPU time used by the "
         "command's whole process tree; *other procs' CPU* is the CPU time that "
         "processes outside the measured tree used during it, in % of one core (high values "
-        "mean the numbers are contaminated by other load). Every row of a/a0/b/c includes the "
-        "server-side global evaluation of every round.",
+        "mean the numbers are contaminated by other load). Every row of a/a0/a1/b/c includes "
+        "the server-side global evaluation of every round; no row has client-side evaluation "
+        "(fraction-evaluate=0).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -513,7 +561,10 @@ def run_with_retries(
     """
 
     def attempt() -> Measurement:
-        m = step()
+        try:
+            m = step()
+        except Exception as err:  # a broken variant must not hide the others' results
+            m = Measurement(key, "", 0, 0, status=f"error: {type(err).__name__}: {err}"[:200])
         print(
             f"  -> {m.status}; round 1 {_f(m.round1)} s, median {_f(m.steady, 3)} s, "
             f"other load {100 * contamination(m):.0f}% of a core",
@@ -531,10 +582,16 @@ def run_with_retries(
     return best
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM -> KeyboardInterrupt, so running command trees and scratch dirs get cleaned."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every measurement, print the markdown report and write it with a JSON copy."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     out = Path(args.out).resolve()
     work = Path(tempfile.mkdtemp(prefix="dualflower-overhead-"))
     bench = Bench(make_plan(args), out, work, args.wait_idle)

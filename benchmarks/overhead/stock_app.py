@@ -35,6 +35,7 @@ from tasks.base import Task
 from tasks.materialize import Tensors, build_skeleton
 from tasks.registry import get_task
 
+Metrics = dict[str, int | float | list[int] | list[float]]
 server_app = ServerApp()
 client_app = ClientApp()
 
@@ -61,10 +62,10 @@ def train(msg: Message, context: Context) -> Message:
     task, model = _model(str(cfg["task"]), str(cfg["personalization"]), int(cfg["seed"]))
     base = {k: v for k, v in cfg.items() if k != "server-round"}
     data = _data(json.dumps(base, sort_keys=True), num)[pid]
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     gen = batch_generator(cfg, int(cfg["server-round"]), pid)
     loss = local_steps(task, model, data, cfg, gen)
-    metrics = {
+    metrics: Metrics = {
         "num-examples": len(data),
         "train-loss": loss,
         "torch-threads": torch.get_num_threads(),
@@ -90,7 +91,7 @@ def main(grid: Grid, context: Context) -> None:
         sk.model.load_state_dict(arrays.to_torch_state_dict())
         scores.append(evaluate())
         marks.append(time.monotonic())
-        return MetricRecord(scores[-1])
+        return MetricRecord(Metrics(scores[-1]))
 
     strategy = FedAvg(
         fraction_train=float(cfg["fraction-train"]),

@@ -71,7 +71,7 @@ def local_steps(
         for idx in torch.split(torch.randperm(len(data), generator=gen), int(cfg["batch-size"])):
             opt.zero_grad(set_to_none=True)
             loss = task.objective(model, data.x[idx], data.y[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)
@@ -84,12 +84,13 @@ def weighted_mean(
 ) -> dict[str, torch.Tensor]:
     """Example-weighted mean of state dicts, accumulated in float64 (as ``strategies.mean``)."""
     total = float(sum(weights))
-    return {
-        k: (sum(w * s[k].double() for s, w in zip(states, weights, strict=True)) / total).to(
-            states[0][k].dtype
-        )
-        for k in states[0]
-    }
+    out = {}
+    for key, first in states[0].items():
+        acc = torch.zeros_like(first, dtype=torch.float64)
+        for state, w in zip(states, weights, strict=True):
+            acc += w * state[key].double()
+        out[key] = (acc / total).to(first.dtype)
+    return out
 
 
 def client_train_data(cfg: Mapping[str, Any], num_clients: int) -> list[Tensors]:
@@ -145,12 +146,12 @@ def run_plain(cfg: Mapping[str, Any], num_clients: int, rounds: int) -> list[Row
 
 
 def run_inprocess(raw_config: Mapping[str, Any], num_clients: int) -> list[Row]:
-    """Variant (a0): dualflower's ServerApp and ClientApp code on the Ray-free test grid."""
+    """Variant (a0): dualflower's ServerApp and ClientApp code on the Ray-free in-process grid."""
     from client_app.app import app as client_app
     from server_app.app import run_federation
-    from tests.local_grid import LocalGrid
+    from server_app.inprocess import InProcessGrid
 
-    run_dir = run_federation(LocalGrid(client_app, num_clients), raw_config)
+    run_dir = run_federation(InProcessGrid(client_app, num_clients), raw_config)
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -4,7 +4,8 @@
 
 (a)  dualflower FedAvg on ``digits`` through the simulation engine (``server_app.launch``),
      per-round ``wall-time`` from the run's metrics.jsonl; server-side global evaluation on.
-(a0) the same ServerApp/ClientApp code on the Ray-free in-process test grid (no engine).
+(a0) the same ServerApp/ClientApp code on the Ray-free in-process grid (no engine).
+(a1) (a) with ``client-resources-num-cpus=1`` (two single-threaded ClientApp actors).
 (b)  Flower's stock ``FedAvg`` + a minimal ClientApp doing the same local steps, through the
      same kind of private simulation SuperLink.
 (c)  a plain PyTorch loop: same clients, same SGD steps, same weighted mean, same evaluation.
@@ -14,8 +15,9 @@
      clients (10 % sampled per round).
 
 Every measurement runs in its own process tree with a time limit; the tree is sampled from
-``/proc`` for memory and for the CPU that *other* processes used meanwhile. Writes
-``<out>/overhead.md``, ``<out>/overhead.json`` and each command's log under ``<out>/logs``.
+``/proc`` for memory and for the CPU that *other* processes used meanwhile; a timing run
+disturbed by other load is repeated (``--retries``). Writes ``<out>/overhead.md``,
+``<out>/overhead.json`` and each command's log under ``<out>/logs``.
 """
 
 from __future__ import annotations
@@ -394,8 +396,8 @@ def memory_table(ms: list[Measurement]) -> list[str]:
     """Markdown table of peak memory of the process tree."""
     lines = [
         "| clients | rounds | status | peak RSS sum (MiB) | peak PSS sum (MiB) | processes "
-        "| largest at peak (RSS MiB) | median s/round | command total (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| largest at peak (RSS MiB) | median s/round | command total (s) | other procs' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in ms:
         st = m.stats or TreeStats()
@@ -404,7 +406,7 @@ def memory_table(ms: list[Measurement]) -> list[str]:
         lines.append(
             f"| {m.clients} | {m.rounds} | {m.status} | {st.peak_rss_mb:.0f} "
             f"| {_f(st.peak_pss_mb, 0)} | {st.peak_processes} | {roles} | {_f(m.steady)} "
-            f"| {_f(m.total_s, 1)} |"
+            f"| {_f(m.total_s, 1)} | {_other_load(m)} |"
         )
     return lines
 

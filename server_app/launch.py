@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 CONNECTION = "dualflower-sim"
 
@@ -30,7 +31,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_path: Path, limit: float) -> None:
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], log_path: Path, limit: float, context: Any = None
+) -> None:
+    """Wait until ``url`` (a SuperLink's ``/health``) answers 200; raise if ``proc`` exits or
+    ``limit`` seconds pass. ``context`` is an ``ssl.SSLContext`` for a TLS SuperLink.
+    """
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -38,7 +44,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_path: Path, limi
                 f"flower-superlink exited with code {proc.returncode}; see {log_path}"
             )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -46,10 +52,10 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes], log_path: Path, limi
     raise RuntimeError(f"flower-superlink did not become healthy within {limit}s; see {log_path}")
 
 
-def run_status(env: dict[str, str]) -> str:
-    """Status of the newest run on the private SuperLink (e.g. ``finished:completed``)."""
+def run_status(env: dict[str, str], connection: str = CONNECTION) -> str:
+    """Status of the newest run on ``connection`` (e.g. ``finished:completed``)."""
     out = subprocess.run(
-        ["flwr", "ls", CONNECTION, "--format", "json"],
+        ["flwr", "ls", connection, "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -113,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        _wait_healthy(port, superlink, log_path, args.startup_timeout)
+        wait_healthy(
+            f"http://127.0.0.1:{port}/health", superlink, log_path, args.startup_timeout
+        )
         fed = f"num-supernodes={args.num_supernodes} {args.federation_config}".strip()
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--federation-config", fed]
         if args.run_config:

@@ -1,0 +1,195 @@
+r"""``dualflower-deploy``: run dualflower on SuperLink + SuperNodes on separate machines.
+
+    dualflower-deploy certs --out certs --keys keys --nodes 3 --name IP:10.0.0.5
+    dualflower-deploy superlink --certs certs                          # on the server
+    dualflower-deploy register --superlink 127.0.0.1:8000 --ca certs/ca.crt --keys keys --nodes 3
+    dualflower-deploy supernode --index 1 --num-partitions 3 --superlink 10.0.0.5 \\
+        --certs certs --keys keys --data /data --state /var/lib/dualflower   # on each client
+    dualflower-deploy submit --superlink 127.0.0.1:8000 --ca certs/ca.crt -c "num-server-rounds=5"
+    dualflower-deploy compose --out docker                             # regenerate compose files
+
+TLS and SuperNode authentication are on unless ``--insecure`` is given (local experiments).
+The component commands come from ``deploy.cluster``, as do the compose files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from deploy.certs import make_node_key, make_tls
+from deploy.cluster import (
+    POLL_ENV,
+    Layout,
+    node_name,
+    superlink_command,
+    supernode_command,
+)
+from deploy.compose import write_compose_files
+from server_app.launch import run_status
+
+CONNECTION = "dualflower"
+
+
+def write_connection(home: Path, address: str, ca: str | None) -> dict[str, str]:
+    """Point the ``flwr`` CLI's connection ``CONNECTION`` at a SuperLink's HTTP port; return
+    the environment that selects this ``FLWR_HOME``.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    security = f'root-certificates = "{Path(ca).resolve()}"' if ca else "insecure = true"
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "{address}"\n{security}\n'
+    )
+    return {**os.environ, "FLWR_HOME": str(home.resolve())}
+
+
+def register_keys(env: dict[str, str], keys: Path, num_nodes: int, wait: float) -> list[str]:
+    """Register ``supernode-1.pub`` .. ``supernode-N.pub``; a key already registered counts as
+    done. Retries while the SuperLink is still starting (up to ``wait`` seconds).
+    """
+    done = []
+    deadline = time.monotonic() + wait
+    for index in range(1, num_nodes + 1):
+        public = keys / f"{node_name(index)}.pub"
+        if not public.exists():
+            raise FileNotFoundError(f"{public} not found: run `dualflower-deploy certs` first")
+        while True:
+            out = subprocess.run(
+                ["flwr", "supernode", "register", str(public), CONNECTION, "--format", "json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            reply = json.loads(out[out.index("{") :]) if "{" in out else {}
+            message = str(reply.get("error-message", out.strip()))
+            if reply.get("success") or "already in use" in message:
+                done.append(node_name(index))
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not register {public}: {message}")
+            time.sleep(1.0)
+    return done
+
+
+def _layout(args: argparse.Namespace, **extra: str) -> Layout:
+    secure = not args.insecure
+    return Layout(
+        tls=secure,
+        auth=secure and not getattr(args, "no_auth", False),
+        certs=str(Path(args.certs).resolve()) if getattr(args, "certs", None) else "",
+        keys=str(Path(args.keys).resolve()) if getattr(args, "keys", None) else "",
+        isolation=args.isolation,
+        **extra,
+    )
+
+
+def _exec(program: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    print(f"dualflower-deploy: {program} {' '.join(argv)}", flush=True)
+    os.execvpe(program, [program, *argv], env or dict(os.environ))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the sub-command and run it; return the process exit code."""
+    parser = argparse.ArgumentParser(prog="dualflower-deploy", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    certs = sub.add_parser("certs", help="CA, SuperLink certificate, SuperNode keys")
+    certs.add_argument("--out", required=True, help="directory for ca.crt, server.pem/.key")
+    certs.add_argument("--keys", default="", help="directory for SuperNode key pairs")
+    certs.add_argument("--nodes", type=int, default=0, help="number of SuperNode key pairs")
+    certs.add_argument(
+        "--name", action="append", default=[], help="SAN entry: DNS:<host> or IP:<address>"
+    )
+
+    def security(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--insecure", action="store_true", help="no TLS (local use only)")
+        p.add_argument("--isolation", default="subprocess", choices=("subprocess", "process"))
+        p.add_argument("--certs", default="", help="directory made by `certs`")
+
+    link = sub.add_parser("superlink", help="start the SuperLink (TLS + node auth by default)")
+    security(link)
+    link.add_argument("--no-auth", action="store_true", help="TLS without node authentication")
+    link.add_argument("--listen", default="127.0.0.1", help="interface of the HTTP port 8000")
+    link.add_argument("--database", default="", help="SuperLink state file (default: memory)")
+
+    node = sub.add_parser("supernode", help="start one SuperNode for one partition")
+    security(node)
+    node.add_argument("--no-auth", action="store_true", help="TLS without node authentication")
+    node.add_argument("--index", type=int, required=True, help="1-based: partition index-1")
+    node.add_argument("--num-partitions", type=int, required=True)
+    node.add_argument("--superlink", required=True, help="SuperLink host name or address")
+    node.add_argument("--keys", default="", help="directory with supernode-<index>")
+    node.add_argument("--data", required=True, help="data directory (partition cache too)")
+    node.add_argument("--state", required=True, help="client state directory")
+
+    reg = sub.add_parser("register", help="register SuperNode public keys with the SuperLink")
+    reg.add_argument("--superlink", required=True, help="host:port of the SuperLink HTTP API")
+    reg.add_argument("--ca", required=True, help="CA certificate (ca.crt)")
+    reg.add_argument("--keys", required=True)
+    reg.add_argument("--nodes", type=int, required=True)
+    reg.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the SuperLink")
+    reg.add_argument("--flwr-home", default=".flwr-deploy")
+
+    submit = sub.add_parser("submit", help="submit a run and wait; exit 0 iff it completed")
+    submit.add_argument("app", nargs="?", default=".")
+    submit.add_argument("--superlink", required=True, help="host:port of the SuperLink HTTP API")
+    submit.add_argument("--ca", default="", help="CA certificate (omit only with --insecure)")
+    submit.add_argument("--insecure", action="store_true")
+    submit.add_argument("--run-config", "-c", default="")
+    submit.add_argument("--flwr-home", default=".flwr-deploy")
+
+    compose = sub.add_parser("compose", help="regenerate the docker compose files")
+    compose.add_argument("--out", default="docker")
+    compose.add_argument("--nodes", type=int, default=3)
+
+    args = parser.parse_args(argv)
+    if args.command == "certs":
+        paths = make_tls(Path(args.out), args.name)
+        for index in range(1, args.nodes + 1):
+            make_node_key(Path(args.keys or args.out), node_name(index))
+        print(f"dualflower-deploy: CA {paths['ca']}, SuperLink certificate {paths['cert']}")
+        return 0
+    if args.command == "superlink":
+        layout = _layout(args, listen=args.listen)
+        extra = ["--database", args.database] if args.database else []
+        return _exec("flower-superlink", [*superlink_command(layout), *extra])
+    if args.command == "supernode":
+        layout = _layout(
+            args,
+            superlink=args.superlink,
+            data=str(Path(args.data).resolve()),
+            state=str(Path(args.state).resolve()),
+        )
+        command = supernode_command(layout, args.index, args.num_partitions)
+        return _exec("flower-supernode", command, {**os.environ, **POLL_ENV})
+    if args.command == "register":
+        env = write_connection(Path(args.flwr_home), args.superlink, args.ca)
+        names = register_keys(env, Path(args.keys), args.nodes, args.wait)
+        print(f"dualflower-deploy: registered {', '.join(names)}")
+        return 0
+    if args.command == "submit":
+        if not args.ca and not args.insecure:
+            parser.error("submit needs --ca <ca.crt> (or --insecure for a local SuperLink)")
+        env = write_connection(Path(args.flwr_home), args.superlink, args.ca or None)
+        cmd = ["flwr", "run", str(Path(args.app).resolve()), CONNECTION, "--stream"]
+        if args.run_config:
+            cmd += ["--run-config", args.run_config]
+        submitted = subprocess.run(cmd, env=env, check=False).returncode
+        status = run_status(env, CONNECTION)
+        print(f"dualflower-deploy: run status {status}")
+        return 0 if submitted == 0 and status.startswith("finished:completed") else 1
+    written = write_compose_files(Path(args.out), args.nodes)
+    print("dualflower-deploy: wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,7 +12,15 @@ from client_app.runtime import PERSONAL, assemble_model, client_data, node_parti
 from client_app.solvers import SOLVERS
 from client_app.solvers.base import SolverInput
 from client_app.state import ClientState
-from strategies.messages import CONFIG, INFO_ACTION, METRICS, SHARED, metric_record, to_record
+from strategies.messages import (
+    CONFIG,
+    INFO_ACTION,
+    METRICS,
+    SHARED,
+    STATE_SCOPE,
+    metric_record,
+    to_record,
+)
 from strategies.registry import ALGORITHMS
 from tasks.materialize import resolve_device
 from tasks.registry import get_task
@@ -24,9 +32,13 @@ def _config(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[CONFIG])
 
 
-def _state(context: Context, config: dict[str, Any], pid: int) -> ClientState:
+def _state(context: Context, config: dict[str, Any], pid: int, training: bool) -> ClientState:
+    """This message's view of the client state: node-config ``state-dir`` over the run
+    config's, the server's ``state-scope``, and the rounds the message may use.
+    """
     state_dir = str(context.node_config.get("state-dir", "") or config["state-dir"])
-    return ClientState(context, pid, state_dir)
+    scope = str(config.get(STATE_SCOPE, ""))
+    return ClientState(context, pid, state_dir, scope, int(config["server-round"]), training)
 
 
 @app.query(INFO_ACTION)
@@ -34,7 +46,7 @@ def info(msg: Message, context: Context) -> Message:
     """Report this node's partition and data sizes (loads and caches its data)."""
     config = _config(msg)
     pid, num = node_partition(context)
-    train, test = client_data(config, pid, num, torch.device("cpu"), torch.float32)
+    train, test = client_data(config, context, torch.device("cpu"), torch.float32)
     metrics = {
         "partition-id": pid,
         "num-partitions": num,
@@ -48,12 +60,12 @@ def info(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Run this algorithm's local solver from ``u^t`` and the client state; reply its arrays."""
     config = _config(msg)
-    pid, num = node_partition(context)
+    pid, _ = node_partition(context)
     device = resolve_device(str(config["device"]))
-    state = _state(context, config, pid)
+    state = _state(context, config, pid, training=True)
     sk = assemble_model(config, msg.content.array_records[SHARED], state, device)
     dtype = next(sk.model.parameters()).dtype
-    train_data, _ = client_data(config, pid, num, device, dtype)
+    train_data, _ = client_data(config, context, device, dtype)
     local_seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + pid
     generator = torch.Generator().manual_seed(local_seed)
     torch.manual_seed(local_seed)  # dropout and other global-RNG ops: same run, same draws
@@ -91,6 +103,7 @@ def train(msg: Message, context: Context) -> Message:
                 if k in set(sk.personal)
             },
         )
+    state.commit(int(config["server-round"]))
     metrics = {"num-examples": len(train_data), "partition-id": pid, **out.metrics}
     records: dict[str, Any] = {k: to_record(v) for k, v in out.records.items()}
     return Message(RecordDict({**records, METRICS: metric_record(metrics)}), reply_to=msg)
@@ -100,13 +113,16 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Personalized evaluation: ``u`` plus this client's personal block on its local test split."""
     config = _config(msg)
-    pid, num = node_partition(context)
+    pid, _ = node_partition(context)
     device = resolve_device(str(config["device"]))
     sk = assemble_model(
-        config, msg.content.array_records[SHARED], _state(context, config, pid), device
+        config,
+        msg.content.array_records[SHARED],
+        _state(context, config, pid, training=False),
+        device,
     )
     dtype = next(sk.model.parameters()).dtype
-    _, test = client_data(config, pid, num, device, dtype)
+    _, test = client_data(config, context, device, dtype)
     scores = get_task(str(config["task"])).evaluate(sk.model, test.x, test.y)
     metrics = {"num-examples": len(test), "partition-id": pid, **scores}
     return Message(RecordDict({METRICS: metric_record(metrics)}), reply_to=msg)

@@ -30,6 +30,9 @@ CONFIG = "config"
 """ConfigRecord server -> client: the resolved run config plus ``server-round``."""
 METRICS = "metrics"
 """MetricRecord client -> server: ``num-examples``, ``partition-id`` and the solver's metrics."""
+STATE_SCOPE = "state-scope"
+"""Config value server -> client: the directory name of the client state mirror (the original
+run's name; a resumed run sends its checkpoint's)."""
 INFO_ACTION = "info"
 """Custom query action (``query.info``): the node reports its partition and data sizes."""
 

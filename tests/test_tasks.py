@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import RecordDict
 
 from client_app.runtime import PERSONAL
 from client_app.solvers.admm import PI
@@ -59,13 +60,15 @@ def test_synthetic_fedadmm_with_state_dir(config: dict[str, Any], tmp_path: Path
     run_dir, grid = run_local(config, 5)
     rows = read_metrics(run_dir)
     assert rows[-1]["personal-accuracy"] is not None and "global-accuracy" not in rows[-1]
-    files = sorted((tmp_path / "state").rglob("pi.pt"))
+    files = sorted((tmp_path / "state" / run_dir.name).rglob("round-2.pt"))
     assert len(files) == 5
     nid = grid.node_ids[2]
     ctx = grid.contexts[nid]
     in_memory = ctx.state[PI]["linear.weight"].numpy()
-    del ctx.state[PI]  # a restarted SuperNode has an empty context.state
-    restored = ClientState(ctx, 2, str(tmp_path / "state")).get(PI, torch.device("cpu"))
+    ctx.state = RecordDict()  # a restarted SuperNode has an empty context.state
+    restored = ClientState(ctx, 2, str(tmp_path / "state"), run_dir.name, 3).get(
+        PI, torch.device("cpu")
+    )
     assert restored is not None
     np.testing.assert_array_equal(restored["linear.weight"].numpy(), in_memory)
 

@@ -6,14 +6,19 @@ nodes); the model's parameters are always overwritten from the message and the s
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 
 from client_app.state import ClientState
+from tasks.data import ArrayData, ClientSplit
 from tasks.federation import build_federation, federation_spec
 from tasks.materialize import Skeleton, Tensors, as_tensors, build_skeleton
 from tasks.registry import get_task
@@ -39,6 +44,34 @@ def node_partition(context: Context) -> tuple[int, int]:
     return pid, num
 
 
+CACHE = ".dualflower-cache"
+"""Folder under a node's ``data-dir`` holding its cached partition (deployment starts a fresh
+ClientApp process per message, so an in-process cache alone would reload and re-partition
+the whole dataset for every message)."""
+
+
+def _split(config_items: tuple[tuple[str, Any], ...], pid: int, num: int) -> ClientSplit:
+    """This partition's split, from ``<data-dir>/.dualflower-cache/`` when cached there."""
+    config = dict(config_items)
+    if not config["data-dir"]:
+        return build_federation(federation_spec(config, num)).clients[pid]
+    digest = hashlib.sha256(repr(config_items).encode()).hexdigest()[:16]
+    path = Path(str(config["data-dir"])) / CACHE / digest / f"partition-{pid}-of-{num}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return ClientSplit(
+                ArrayData(f["train_x"], f["train_y"]), ArrayData(f["test_x"], f["test_y"])
+            )
+    split = build_federation(federation_spec(config, num)).clients[pid]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(
+        tmp, train_x=split.train.x, train_y=split.train.y, test_x=split.test.x, test_y=split.test.y
+    )
+    tmp.replace(path)
+    return split
+
+
 @lru_cache(maxsize=64)
 def _client_tensors(
     config_items: tuple[tuple[str, Any], ...],
@@ -47,11 +80,13 @@ def _client_tensors(
     device: torch.device,
     dtype: torch.dtype,
 ) -> tuple[Tensors, Tensors]:
-    split = build_federation(federation_spec(dict(config_items), num)).clients[pid]
+    split = _split(config_items, pid, num)
     return as_tensors(split.train, device, dtype), as_tensors(split.test, device, dtype)
 
 
-def _data_key(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+def _data_key(
+    config: Mapping[str, Any], node_config: Mapping[str, Any]
+) -> tuple[tuple[str, Any], ...]:
     keys = (
         "task",
         "data-dir",
@@ -62,14 +97,23 @@ def _data_key(config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
         "classes-per-client",
         "local-test-fraction",
     )
-    return tuple((k, config[k]) for k in keys)
+    values = {k: config[k] for k in keys}
+    if node_config.get("data-dir"):
+        values["data-dir"] = str(node_config["data-dir"])
+    return tuple(values.items())
 
 
 def client_data(
-    config: Mapping[str, Any], pid: int, num: int, device: torch.device, dtype: torch.dtype
+    config: Mapping[str, Any],
+    context: Context,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[Tensors, Tensors]:
-    """This client's (train, test) tensors on ``device``."""
-    return _client_tensors(_data_key(config), pid, num, device, dtype)
+    """This node's (train, test) tensors on ``device``. The node config's ``data-dir``
+    (``--node-config data-dir=...``) overrides the run config's: each machine has its own path.
+    """
+    pid, num = node_partition(context)
+    return _client_tensors(_data_key(config, context.node_config), pid, num, device, dtype)
 
 
 @lru_cache(maxsize=8)

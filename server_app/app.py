@@ -61,6 +61,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
             "torch": torch.__version__,
         },
     )
+    strategy.state_scope = recorder.dir.name
     strategy.start(
         grid,
         initial,

@@ -27,6 +27,7 @@ from strategies.messages import (
     INFO_ACTION,
     METRICS,
     SHARED,
+    STATE_SCOPE,
     config_record,
     metric_record,
     record_nbytes,
@@ -103,6 +104,8 @@ class FederatedStrategy(Strategy):
         self.nodes: dict[int, NodeInfo] = {}
         self.shared_template: Template = {}
         self.round_log = RoundLog()
+        self.state_scope = ""
+        """Sent to clients as ``state-scope``: the directory of their state mirror."""
         self._current = ArrayRecord()
 
     # ----------------------------------------------------------------- discovery / sampling
@@ -218,7 +221,7 @@ class FederatedStrategy(Strategy):
         round's ``lr = lr·½(1 + cos(π(t−1)/T))`` (cosine annealing over the ``T`` rounds, stepped
         once per round as in the IVON-ADMM code, ALGORITHMS.md §2.5.3).
         """
-        out: dict[str, Scalar] = {"server-round": server_round}
+        out: dict[str, Scalar] = {"server-round": server_round, STATE_SCOPE: self.state_scope}
         if self.config.get("lr-schedule") == "cosine":
             total = int(self.config["num-server-rounds"])
             decay = 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / total))
@@ -370,7 +373,9 @@ class FederatedStrategy(Strategy):
                 pid,
                 {
                     SHARED: arrays,
-                    CONFIG: config_record({**self.config, "server-round": server_round}),
+                    CONFIG: config_record(
+                        {**self.config, "server-round": server_round, STATE_SCOPE: self.state_scope}
+                    ),
                 },
                 MessageType.EVALUATE,
                 server_round,

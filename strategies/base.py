@@ -22,6 +22,8 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from strategies.checkpointing import RuleState
+from strategies.exchange import exchange
 from strategies.messages import (
     CONFIG,
     INFO_ACTION,
@@ -41,6 +43,8 @@ Template = dict[str, tuple[tuple[int, ...], str]]
 """Expected arrays of one record: name -> (shape, dtype), in record order."""
 GlobalSampler = Callable[[ArrayRecord, int, int], Iterator[dict[str, np.ndarray]]]
 """``(mean, draws, seed)`` -> draws of the shared block from a rule's global distribution."""
+CheckpointFn = Callable[[int, ArrayRecord], None]
+"""``(round, global arrays)``: called after every round, once its metrics are recorded."""
 
 
 class FederationError(RuntimeError):
@@ -72,6 +76,15 @@ class Reply:
         return int(self.metrics["num-examples"])
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: after ``round``, from these arrays and rule state."""
+
+    round: int
+    arrays: ArrayRecord
+    rule_state: RuleState
+
+
 @dataclass
 class RoundLog:
     """Bytes moved in the current round (payload of all arrays, both directions)."""
@@ -101,7 +114,9 @@ class FederatedStrategy(Strategy):
         self.fraction_evaluate = float(config["fraction-evaluate"])
         self.min_train_nodes = int(config["min-train-nodes"])
         self.timeout = float(config["round-timeout"])
+        self.min_available_nodes = int(config.get("min-available-nodes", 1))
         self.nodes: dict[int, NodeInfo] = {}
+        self._asked: set[int] = set()
         self.shared_template: Template = {}
         self.round_log = RoundLog()
         self.state_scope = ""
@@ -121,21 +136,12 @@ class FederatedStrategy(Strategy):
         not all arrive within ``round-timeout``.
         """
         deadline = time.monotonic() + self.timeout
-        asked: set[int] = set()
         expected: int | None = None
         while expected is None or len(self.nodes) < expected:
-            new = [n for n in grid.get_node_ids() if n not in asked]
-            asked.update(new)
-            msgs = [
-                Message(
-                    RecordDict({CONFIG: config_record(self.config)}),
-                    dst_node_id=n,
-                    message_type=f"{MessageType.QUERY}.{INFO_ACTION}",
-                    group_id="discovery",
-                )
-                for n in new
-            ]
-            for reply in grid.send_and_receive(msgs, timeout=self.timeout) if msgs else []:
+            new = [n for n in grid.get_node_ids() if n not in self._asked]
+            self._asked.update(new)
+            msgs = self._info_messages(new, "discovery")
+            for reply in exchange(grid, msgs, self.timeout) if msgs else []:
                 if reply.has_error():
                     raise FederationError(
                         f"node {reply.metadata.src_node_id} failed to report its partition: "
@@ -171,6 +177,100 @@ class FederatedStrategy(Strategy):
             sum(i.num_train for i in self.nodes.values()),
         )
         return self.nodes
+
+    def _info_messages(self, node_ids: Iterable[int], group: str) -> list[Message]:
+        return [
+            Message(
+                RecordDict({CONFIG: config_record(self.config)}),
+                dst_node_id=n,
+                message_type=f"{MessageType.QUERY}.{INFO_ACTION}",
+                group_id=group,
+            )
+            for n in node_ids
+        ]
+
+    def wait_for_nodes(self, grid: Grid) -> None:
+        """Wait up to ``round-timeout`` until ``min-available-nodes`` nodes are connected;
+        FederationError if they are not.
+        """
+        deadline = time.monotonic() + self.timeout
+        while (connected := len(list(grid.get_node_ids()))) < self.min_available_nodes:
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {connected} node(s) connected, fewer than min-available-nodes="
+                    f"{self.min_available_nodes}, after waiting round-timeout={self.timeout}s"
+                )
+            time.sleep(0.5)
+
+    def rediscover(self, grid: Grid, server_round: int) -> None:
+        """Map node ids not seen before to their partitions (a restarted SuperNode gets a new
+        id): the new node takes over its partition, and the partition's server caches, from
+        a node that is no longer connected. A claim on a partition whose node is still
+        connected is refused for now and asked again next round.
+        """
+        connected = set(grid.get_node_ids())
+        new = sorted(connected - self._asked)
+        if not new:
+            return
+        self._asked.update(new)
+        for reply in exchange(grid, self._info_messages(new, "discovery"), self.timeout):
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error():
+                    raise FederationError(reply.error.reason)
+                info = self._node_info(reply)
+            except (FederationError, KeyError, TypeError) as err:
+                log(WARNING, "round %d: node %d not admitted: %s", server_round, node, err)
+                continue
+            old = self.nodes.get(info.partition_id)
+            if info.num_partitions != self.num_clients or old is None:
+                log(
+                    WARNING,
+                    "round %d: node %d reports partition-id=%d of num-partitions=%d; this "
+                    "federation has %d partitions; not admitted",
+                    server_round,
+                    node,
+                    info.partition_id,
+                    info.num_partitions,
+                    self.num_clients,
+                )
+                continue
+            if old.node_id in connected:
+                self._asked.discard(node)
+                log(
+                    WARNING,
+                    "round %d: node %d claims partition-id=%d, still held by connected node %d",
+                    server_round,
+                    node,
+                    info.partition_id,
+                    old.node_id,
+                )
+                continue
+            self.nodes[info.partition_id] = info
+            log(
+                INFO,
+                "round %d: partition %d rejoined as node %d (was node %d)",
+                server_round,
+                info.partition_id,
+                node,
+                old.node_id,
+            )
+
+    def _note_missing(
+        self, server_round: int, kind: str, sent: list[Message], replies: list[Message]
+    ) -> None:
+        """Log every sent message that got no reply within ``round-timeout`` as dropped."""
+        answered = {r.metadata.src_node_id for r in replies}
+        by_node = {i.node_id: pid for pid, i in self.nodes.items()}
+        for msg in sent:
+            node = msg.metadata.dst_node_id
+            if node not in answered:
+                reason = (
+                    f"round {server_round}: no {kind} reply from node {node} (partition "
+                    f"{by_node.get(node)}) within round-timeout={self.timeout}s"
+                )
+                log(WARNING, reason)
+                self.round_log.dropped.append(reason)
 
     @staticmethod
     def _node_info(reply: Message) -> NodeInfo:
@@ -242,6 +342,15 @@ class FederatedStrategy(Strategy):
     def global_sampler(self) -> GlobalSampler | None:
         """Draws from the global distribution, for rules that keep one (None: a point model)."""
         return None
+
+    def checkpoint_state(self) -> RuleState:
+        """The rule's server state as named arrays, keyed by partition (none by default)."""
+        return {}
+
+    def restore_state(self, state: RuleState) -> None:
+        """Set the rule's server state from ``checkpoint_state()`` output (after ``init_state``)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no server state; got {sorted(state)}")
 
     @abstractmethod
     def aggregate(
@@ -414,32 +523,43 @@ class FederatedStrategy(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
         on_round: RoundCallback | None = None,
+        on_checkpoint: CheckpointFn | None = None,
+        resume: ResumePoint | None = None,
     ) -> Result:
         """Discover the nodes, then run ``num_rounds`` of train -> aggregate -> evaluate.
 
         Same hooks and order as Flower's ``Strategy.start``, plus node discovery before round 1
         and one ``on_round(round, row)`` call per round (row: wall time, bytes, train and
-        evaluation metrics) instead of Flower's multi-line log.
+        evaluation metrics) instead of Flower's multi-line log. Before every round it waits
+        for ``min-available-nodes`` and admits restarted nodes (``rediscover``); a node that
+        does not answer within ``timeout`` counts as a dropped reply. After every round,
+        ``on_checkpoint(round, arrays)``. With ``resume`` the rule state is restored and the
+        loop continues after ``resume.round`` (no round-0 evaluation).
         """
         self.timeout = timeout
         if not self.nodes:
             self.discover(grid)
         self.shared_template = {k: (tuple(a.shape), a.dtype) for k, a in initial_arrays.items()}
         self.init_state(initial_arrays)
+        arrays, first = initial_arrays, 1
+        if resume is not None:
+            self.restore_state(resume.rule_state)
+            arrays, first = resume.arrays, resume.round + 1
         self.summary()
         train_config = train_config or config_record(self.config)
         evaluate_config = evaluate_config or config_record(self.config)
-        result = Result(arrays=initial_arrays)
-        arrays = initial_arrays
-        if evaluate_fn is not None and on_round is not None:
+        result = Result(arrays=arrays)
+        if evaluate_fn is not None and on_round is not None and resume is None:
             on_round(0, {"wall-time": 0.0, **(evaluate_fn(0, arrays) or {})})
-        for rnd in range(1, num_rounds + 1):
+        for rnd in range(first, num_rounds + 1):
             t0 = time.monotonic()
             self.round_log = RoundLog()
             self._current = arrays
-            replies = grid.send_and_receive(
-                self.configure_train(rnd, arrays, train_config, grid), timeout=timeout
-            )
+            self.wait_for_nodes(grid)
+            self.rediscover(grid, rnd)
+            train_msgs = list(self.configure_train(rnd, arrays, train_config, grid))
+            replies = exchange(grid, train_msgs, timeout)
+            self._note_missing(rnd, "train", train_msgs, replies)
             new_arrays, train_metrics = self.aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = new_arrays
@@ -450,9 +570,9 @@ class FederatedStrategy(Strategy):
                 row.update({k: float(v) for k, v in train_metrics.items()})  # type: ignore[arg-type]
             eval_msgs = list(self.configure_evaluate(rnd, arrays, evaluate_config, grid))
             if eval_msgs:
-                eval_metrics = self.aggregate_evaluate(
-                    rnd, grid.send_and_receive(eval_msgs, timeout=timeout)
-                )
+                eval_replies = exchange(grid, eval_msgs, timeout)
+                self._note_missing(rnd, "evaluate", eval_msgs, eval_replies)
+                eval_metrics = self.aggregate_evaluate(rnd, eval_replies)
                 if eval_metrics is not None:
                     result.evaluate_metrics_clientapp[rnd] = eval_metrics
                     row.update({k: float(v) for k, v in eval_metrics.items()})  # type: ignore[arg-type]
@@ -471,6 +591,8 @@ class FederatedStrategy(Strategy):
             )
             if on_round is not None:
                 on_round(rnd, row)
+            if on_checkpoint is not None:
+                on_checkpoint(rnd, arrays)
         return result
 
 

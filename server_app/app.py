@@ -9,13 +9,20 @@ from typing import Any
 import flwr
 import numpy as np
 import torch
-from flwr.app import Context
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from server_app.checkpoint import (
+    drop_after,
+    load_resume,
+    make_checkpoint,
+    restore_rng,
+    write_checkpoint,
+)
 from server_app.config import validate_run_config
 from server_app.results import RunRecorder, resolve_run_dir
 from server_app.suboptimality import subopt_fn
-from strategies.base import EvaluateFn, GlobalSampler
+from strategies.base import EvaluateFn, FederationError, GlobalSampler, ResumePoint
 from strategies.messages import config_record, record_to_numpy, to_record
 from strategies.registry import ALGORITHMS
 from tasks.federation import build_federation, federation_spec
@@ -35,12 +42,18 @@ def main(grid: Grid, context: Context) -> None:
 def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     """Validate ``run_config`` (before anything is sent), run every round, return the run dir."""
     cfg = validate_run_config(run_config)
+    ckpt = load_resume(cfg) if cfg["resume-from"] else None
     task = get_task(str(cfg["task"]))
     skeleton = build_skeleton(task, str(cfg["personalization"]), int(cfg["seed"]))
     initial = to_record({k: skeleton.init[k] for k in skeleton.shared})
     strategy = ALGORITHMS[str(cfg["algorithm"])].aggregation(cfg)
     strategy.timeout = float(cfg["round-timeout"])
     nodes = strategy.discover(grid)
+    if ckpt is not None and ckpt.num_clients != len(nodes):
+        raise FederationError(
+            f"the checkpoint {ckpt.path} is of a federation of {ckpt.num_clients} partitions; "
+            f"{len(nodes)} connected"
+        )
     federation = build_federation(federation_spec(cfg, len(nodes)))
     evaluate_fn = (
         _global_evaluation(cfg, federation.server_test, skeleton, strategy.global_sampler())
@@ -50,8 +63,10 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     if task.convex and not skeleton.personal:  # convergence to the optimum (issue 5)
         spec = federation_spec(cfg, len(nodes))
         evaluate_fn = _with_subopt(evaluate_fn, subopt_fn(cfg, spec))
+    if ckpt is not None:
+        drop_after(ckpt.run_dir, ckpt.round)
     recorder = RunRecorder(
-        resolve_run_dir(cfg),
+        ckpt.run_dir if ckpt is not None else resolve_run_dir(cfg),
         cfg,
         {
             "num-clients": len(nodes),
@@ -60,8 +75,17 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
             "flwr": flwr.__version__,
             "torch": torch.__version__,
         },
+        resume_round=ckpt.round if ckpt is not None else None,
     )
-    strategy.state_scope = recorder.dir.name
+    strategy.state_scope = ckpt.scope if ckpt is not None else recorder.dir.name
+    resume = None
+    if ckpt is not None:
+        restore_rng(ckpt.rng)
+        resume = ResumePoint(ckpt.round, ckpt.global_record(), ckpt.rule_state)
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        write_checkpoint(recorder.dir, make_checkpoint(server_round, arrays, strategy, cfg))
+
     strategy.start(
         grid,
         initial,
@@ -71,6 +95,8 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
         evaluate_config=config_record(cfg),
         evaluate_fn=evaluate_fn,
         on_round=recorder.record,
+        on_checkpoint=checkpoint,
+        resume=resume,
     )
     recorder.finish()
     return recorder.dir

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -100,6 +101,15 @@ SCHEMA: dict[str, Key] = {
     "run-name": _any(str, "a name ('' = algorithm-task-seed-time)"),
     "round-timeout": _num(float, 0.0, low_open=True),
     "state-dir": _any(str, "a directory path ('' = keep client state in memory only)"),
+    "resume-from": Key(
+        str,
+        lambda v: not v or Path(v).expanduser().exists(),
+        lambda: (
+            "'' (start fresh) or an existing run directory, its checkpoint/ directory or "
+            "a checkpoint/round-<k> directory"
+        ),
+    ),
+    "min-available-nodes": _num(int, 1),
     # Bayesian ADMM / IVON-ADMM (ALGORITHMS.md §2)
     "gamma": _num(float, 0.0, 1.0, low_open=True),
     "tau": _num(float, 0.0, low_open=True),
@@ -119,6 +129,8 @@ SCHEMA: dict[str, Key] = {
     "foof-ema": _num(float, 0.0, 0.999),
     "foof-refresh": _num(int, 1),
     "curvature-cap-mb": _num(float, 0.0, low_open=True),
+    # SCAFFOLD (issue 5)
+    "server-lr": _num(float, 0.0, low_open=True),
 }
 
 

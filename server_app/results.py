@@ -21,6 +21,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (a torn last line, from a kill mid-write, is skipped)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def resolve_run_dir(config: Mapping[str, Any]) -> Path:
     """``<output-dir>/<run-name>`` as an absolute path; the name defaults to
     ``<algorithm>-<task>-seed<seed>-<time>`` and gets a numeric suffix if taken.
@@ -38,18 +55,35 @@ def resolve_run_dir(config: Mapping[str, Any]) -> Path:
 
 
 class RunRecorder:
-    """Writes ``config.json``, ``metrics.jsonl`` (one line per round) and ``summary.json``."""
+    """Writes ``config.json``, ``metrics.jsonl`` (one line per round) and ``summary.json``.
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    With ``resume_round = k`` the run dir exists: ``metrics.jsonl`` keeps its rows of rounds
+    ``<= k`` (later rows were written after the checkpoint) and new rows are appended;
+    ``config.json`` gets the resumed run's config and ``resumed-after-round: [..., k]``.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Mapping[str, Any],
+        extra: Mapping[str, Any],
+        resume_round: int | None = None,
+    ) -> None:
         self.dir = run_dir
-        self.dir.mkdir(parents=True, exist_ok=False)
-        self.rows: list[dict[str, Any]] = []
+        self.dir.mkdir(parents=True, exist_ok=resume_round is not None)
         self.num_rounds = int(config["num-server-rounds"])
-        (self.dir / "config.json").write_text(
-            json.dumps({"run-config": dict(config), **extra}, indent=2, sort_keys=True)
-        )
         self.metrics_path = self.dir / "metrics.jsonl"
-        self.metrics_path.write_text("")
+        self.rows: list[dict[str, Any]] = []
+        resumes: list[int] = []
+        if resume_round is not None:
+            self.rows = [r for r in read_rows(self.metrics_path) if r["round"] <= resume_round]
+            old = json.loads((self.dir / "config.json").read_text())
+            resumes = [*old.get("resumed-after-round", []), resume_round]
+        info = {"run-config": dict(config), **extra}
+        if resumes:
+            info["resumed-after-round"] = resumes
+        _write_atomic(self.dir / "config.json", json.dumps(info, indent=2, sort_keys=True))
+        _write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.rows))
         log(INFO, "Writing results to %s", self.dir)
 
     def record(self, server_round: int, row: Mapping[str, float]) -> None:

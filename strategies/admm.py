@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from strategies.base import FederatedStrategy, Reply
+from strategies.checkpointing import RuleState, pack_partitions, unpack_partitions
 from strategies.mean import weighted_mean
 from strategies.messages import numpy_to_record, record_to_numpy
 
@@ -30,6 +31,19 @@ class ConsensusADMMStrategy(FederatedStrategy):
         self.z: dict[int, dict[str, np.ndarray]] = {
             pid: {k: v.copy() for k, v in u0.items()} for pid in self.nodes
         }
+
+    def checkpoint_state(self) -> RuleState:
+        """Every partition's (stale) ``z_i``."""
+        return pack_partitions(Z, self.z)
+
+    def restore_state(self, state: RuleState) -> None:
+        """``z_i`` of every partition from the checkpoint."""
+        z = unpack_partitions(Z, state)
+        if set(z) != set(self.z):
+            raise ValueError(
+                f"checkpoint holds z_i of partitions {sorted(z)}, not {sorted(self.z)}"
+            )
+        self.z = z
 
     def aggregate(
         self, server_round: int, current: ArrayRecord, replies: list[Reply]

@@ -47,6 +47,7 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 
 from strategies.base import FederatedStrategy, GlobalSampler, Reply, Template
+from strategies.checkpointing import RuleState, pack_partitions, unpack_partitions
 from strategies.messages import flatten as flatten  # re-exported (bayes clients)
 from strategies.messages import numpy_to_record
 from strategies.messages import unflatten as unflatten
@@ -161,6 +162,10 @@ class Site:
     dual_precision: torch.Tensor
 
 
+SITE_FIELDS = ("eta", "precision", "dual_mean", "dual_precision")
+"""``Site`` fields, in constructor order (checkpoint names)."""
+
+
 class BayesADMMStrategy(FederatedStrategy):
     """Server of Bayesian ADMM (§2.2): natural-parameter combination of all clients' sites.
 
@@ -210,6 +215,35 @@ class BayesADMMStrategy(FederatedStrategy):
             )
             for pid in self.nodes
         }
+        self._broadcast = self._precision_record(self.precision)
+
+    def checkpoint_state(self) -> RuleState:
+        """``m_g``, ``S_g``, whether the server is still at the prior, and every site (float64)."""
+        sites = {
+            pid: {f: getattr(site, f).numpy() for f in SITE_FIELDS}
+            for pid, site in self.sites.items()
+        }
+        return {
+            "mean": self.mean.numpy(),
+            "precision": self.precision.numpy(),
+            "at-prior": np.array(self.at_prior),
+            **pack_partitions("site", sites),
+        }
+
+    def restore_state(self, state: RuleState) -> None:
+        """The state ``checkpoint_state`` saved; the broadcast ``S_g`` record is rebuilt."""
+        sites = unpack_partitions("site", state)
+        if set(sites) != set(self.sites):
+            raise ValueError(
+                f"checkpoint holds sites of partitions {sorted(sites)}, not {sorted(self.sites)}"
+            )
+        self.sites = {
+            pid: Site(*(torch.from_numpy(arrays[f]) for f in SITE_FIELDS))
+            for pid, arrays in sites.items()
+        }
+        self.mean = torch.from_numpy(np.array(state["mean"]))
+        self.precision = torch.from_numpy(np.array(state["precision"]))
+        self.at_prior = bool(state["at-prior"])
         self._broadcast = self._precision_record(self.precision)
 
     def precision_template(self) -> Template:

@@ -41,6 +41,7 @@ BAD_VALUES: dict[str, Any] = {
     "client-weighting": "sqrt",
     "output-dir": "  ",
     "round-timeout": 0.0,
+    "min-available-nodes": 0,
     "gamma": 0.0,
     "tau": 0.0,
     "prior-precision": -1.0,
@@ -58,6 +59,7 @@ BAD_VALUES: dict[str, Any] = {
     "foof-ema": 1.0,
     "foof-refresh": 0,
     "curvature-cap-mb": 0.0,
+    "server-lr": 0.0,
 }
 
 
@@ -69,7 +71,7 @@ def test_defaults_are_valid() -> None:
 
 
 def test_every_key_has_a_bad_value_test() -> None:
-    free_text = {"data-dir", "download", "run-name", "state-dir"}
+    free_text = {"data-dir", "download", "run-name", "state-dir", "resume-from"}  # see below
     assert set(BAD_VALUES) | free_text == set(SCHEMA)
 
 
@@ -175,3 +177,9 @@ def test_missing_dataset_stops_before_round_one(tmp_path: Any) -> None:
         run_local(cfg, 2)
     assert "download" in str(err.value) or "cifar" in str(err.value).lower()
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_from_must_exist(tmp_path: Any) -> None:
+    cfg = default_config() | {"resume-from": str(tmp_path / "no-such-run")}
+    with pytest.raises(ConfigError, match="resume-from=.*no-such-run.*existing run directory"):
+        validate_run_config(cfg)

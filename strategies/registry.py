@@ -22,6 +22,7 @@ from strategies.bayes_admm import (
 )
 from strategies.fedpm import FedPMStrategy, LocalNewtonStrategy, check_fednl, check_fedpm
 from strategies.mean import MeanStrategy
+from strategies.scaffold import ScaffoldStrategy
 
 ConfigCheck = Callable[[Mapping[str, Any], int], str | None]
 """``(resolved config, number of shared parameters)`` -> what is wrong, or None."""
@@ -123,5 +124,11 @@ ALGORITHMS: dict[str, Algorithm] = {
         ("none",),
         "FedNL-style global Newton (no compression) = fedpm with newton-steps=1, hessian",
         check_fednl,
+    ),
+    "scaffold": Algorithm(
+        ScaffoldStrategy,
+        "scaffold",
+        ("none",),
+        "SCAFFOLD (Karimireddy et al.): SGD with control variates (option II), server-lr",
     ),
 }

@@ -7,7 +7,7 @@ AAAI-26), not the probabilistic-mask FedPM of Flower Baselines / FL4Health.
 1. Convex (L2 logistic regression, ``client-weighting='examples'``, full participation):
    ``synthetic`` (alpha = beta = 1, natural clients) and ``breast-cancer`` (Dirichlet 0.5),
    ``subopt = f(θ_t) − f*`` per round for fedpm (exact Hessian, K = 1), localnewton (K = 1),
-   fedavg, fedprox; rounds to ``subopt <= 1e-8``; the ratio of successive suboptimalities.
+   fedavg, fedprox, scaffold; rounds to ``subopt <= 1e-8``; the ratio of successive suboptimalities.
 2. CNN: ``digits`` with Dirichlet(0.1), fedpm (FOOF) vs localnewton (FOOF) vs fedavg, seeds
    0-2: final global accuracy (mean ± std) and bytes up per client per round.
 
@@ -44,6 +44,7 @@ CONVEX = {  # method -> overrides (all: client-weighting='examples', full partic
         "batch-size": 32,
         "proximal-mu": 0.01,
     },
+    "scaffold": {"algorithm": "scaffold", "lr": 0.5, "local-epochs": 5, "batch-size": 32},
 }
 TASKS = {
     "synthetic": {"task": "synthetic", "partitioner": "natural"},

@@ -5,6 +5,7 @@ from client_app.solvers.alternating import alternating
 from client_app.solvers.base import Solver
 from client_app.solvers.bayes import isotropic, ivon, newton
 from client_app.solvers.preconditioned import fedpm, local_newton
+from client_app.solvers.scaffold import scaffold
 from client_app.solvers.sgd import prox_sgd, sgd
 
 SOLVERS: dict[str, Solver] = {
@@ -17,6 +18,7 @@ SOLVERS: dict[str, Solver] = {
     "ivon": ivon,
     "newton": fedpm,
     "local-newton": local_newton,
+    "scaffold": scaffold,
 }
 
 __all__ = ["SOLVERS", "Solver"]

@@ -1,0 +1,81 @@
+"""SCAFFOLD (Karimireddy et al., ICML 2020, Algorithm 1 with option II control variates).
+
+The server keeps the global control variate ``c`` (zeros at start) next to the model ``x`` and
+sends ``c`` to every sampled client as ``CONTROL``. Client ``i`` runs ``K`` local SGD steps
+``y ← y − η_l (g_i(y) − c_i + c)`` from ``y = x``, updates its own control variate (option II)
+
+    c_i⁺ = c_i − c + (x − y) / (K η_l)
+
+and replies ``y_i`` (``SHARED``) and ``Δc_i = c_i⁺ − c_i`` (``DELTA_CONTROL``). Over the round's
+participants ``S`` of ``N`` clients the server sets
+
+    x ← x + η_g · (1/|S|) Σ_{i∈S} (y_i − x),        c ← c + (|S|/N) · (1/|S|) Σ_{i∈S} Δc_i
+
+(``η_g = server-lr``), so that ``c`` stays the mean of all clients' ``c_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from strategies.base import FederatedStrategy, Reply
+from strategies.mean import weighted_mean
+from strategies.messages import SHARED, numpy_to_record, record_to_numpy
+
+CONTROL = "control"
+"""ArrayRecord server -> client: the global control variate ``c`` (shared-block layout)."""
+DELTA_CONTROL = "delta-control"
+"""ArrayRecord client -> server: ``Δc_i = c_i⁺ − c_i`` (shared-block layout)."""
+
+
+class ScaffoldStrategy(FederatedStrategy):
+    """Server of SCAFFOLD: model step ``η_g · mean Δy`` and control step ``(|S|/N) mean Δc``."""
+
+    reply_records = (SHARED, DELTA_CONTROL)
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__(config)
+        self.server_lr = float(config["server-lr"])
+        self.c: dict[str, np.ndarray] = {}
+
+    def init_state(self, initial: ArrayRecord) -> None:
+        """``c = 0`` in the shared block's layout (float64 accumulator)."""
+        self.c = {k: np.zeros(v.shape, np.float64) for k, v in record_to_numpy(initial).items()}
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """``c`` (float64), as ``"control/<name>"`` arrays."""
+        return {f"{CONTROL}/{k}": v.copy() for k, v in self.c.items()}
+
+    def restore_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """``c`` from ``checkpoint_state`` output (after ``init_state``)."""
+        c = {k.removeprefix(f"{CONTROL}/"): np.array(v, np.float64) for k, v in state.items()}
+        if set(c) != set(self.c):
+            raise ValueError(f"checkpoint holds control variates {sorted(c)}, not {sorted(self.c)}")
+        self.c = c
+
+    def node_records(self, partition_id: int) -> dict[str, ArrayRecord]:
+        """``CONTROL``: ``c`` in the shared block's dtypes."""
+        return {CONTROL: numpy_to_record(self._cast(self.c))}
+
+    def _cast(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v).astype(self.shared_template[k][1]) for k, v in arrays.items()}
+
+    def aggregate(
+        self, server_round: int, current: ArrayRecord, replies: list[Reply]
+    ) -> ArrayRecord:
+        """``x + η_g mean_S(y_i − x)``; updates ``c += (|S|/N) mean_S Δc_i`` in place."""
+        x = {k: v.astype(np.float64) for k, v in record_to_numpy(current).items()}
+        uniform = [1.0] * len(replies)
+        y = weighted_mean([_f64(r.arrays[SHARED]) for r in replies], uniform)
+        dc = weighted_mean([_f64(r.arrays[DELTA_CONTROL]) for r in replies], uniform)
+        share = len(replies) / self.num_clients
+        self.c = {k: self.c[k] + share * dc[k] for k in self.c}
+        return numpy_to_record(self._cast({k: x[k] + self.server_lr * (y[k] - x[k]) for k in x}))
+
+
+def _f64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float64) for k, v in arrays.items()}

@@ -126,6 +126,7 @@ SCHEMA: dict[str, Key] = {
     "newton-steps": _num(int, 1),
     "curvature": _choice(("hessian", "foof", "diagonal")),
     "damping": _num(float, 0.0),
+    "line-search": _choice(("armijo", "none")),
     "foof-ema": _num(float, 0.0, 0.999),
     "foof-refresh": _num(int, 1),
     "curvature-cap-mb": _num(float, 0.0, low_open=True),

@@ -13,7 +13,8 @@ and replies its parameters ``θ_i`` (``SHARED``) and the preconditioner of its *
 (``client-weighting`` = uniform | examples; §3.4 "client weighting"). Three curvature kinds:
 
 * ``hessian`` (§3.3): ``P_i = ∇²f_i + λI`` over the flattened shared block (record order), one
-  symmetric ``d×d`` matrix sent as its upper triangle (``TRIU``, row-major, ``d(d+1)/2`` values).
+  symmetric ``d×d`` matrix sent as its upper triangle (``TRIU``, row-major, ``d(d+1)/2`` values);
+  with ``line-search='armijo'`` the client sends ``P_i/t_i``, ``t_i`` its backtracking factor.
 * ``foof`` (§3.4): per Linear / Conv2d layer ``l`` the damped factor ``Ā_l = A_l + λI`` of the
   uncentred second moment of the layer's inputs (im2col patches for convolutions, bias folded in
   as a last input of ones), upper triangle under the layer's module name. The layer is mixed as

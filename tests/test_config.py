@@ -56,6 +56,7 @@ BAD_VALUES: dict[str, Any] = {
     "newton-steps": 0,
     "curvature": "kfac",
     "damping": -1.0,
+    "line-search": "wolfe",
     "foof-ema": 1.0,
     "foof-refresh": 0,
     "curvature-cap-mb": 0.0,

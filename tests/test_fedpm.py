@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, Message, MessageType
+from flwr.app import Array, Context, Message, MessageType, RecordDict
 from torch import nn
 
-from client_app.solvers.preconditioned import foof_diagonal, foof_factor
+from client_app.solvers.base import SolverInput
+from client_app.solvers.preconditioned import _batches, foof_diagonal, foof_factor, foof_steps
+from client_app.state import ClientState
 from server_app.config import ConfigError, validate_run_config
 from server_app.suboptimality import optimum
 from strategies.fedpm import (
@@ -37,6 +39,7 @@ from strategies.messages import CONFIG, SHARED
 from tasks import registry
 from tasks.data import ArrayData, TaskData
 from tasks.federation import federation_spec
+from tasks.materialize import Tensors
 from tasks.synthetic import SyntheticTask
 from tests.conftest import default_config, read_metrics, run_local
 from tests.lsq_task import DIM, LeastSquaresTask, lsq_clients
@@ -396,3 +399,65 @@ def test_damped_newton_converges_on_synthetic_where_pure_newton_diverges(tmp_pat
     subopt = [r["subopt"] for r in read_metrics(run_local(damped, M)[0])]
     assert subopt[-1] < 1e-6 < subopt[0], subopt
     assert all(s1 < s0 for s0, s1 in itertools.pairwise(subopt[-6:])), subopt
+
+
+# ----------------------------------------------------------------------------- FOOF statistics
+def foof_input(ema: float, refresh: int, steps: int, diagonal: bool = False) -> SolverInput:
+    """One client of ``mlsq`` (a single Linear layer) set up for ``foof_steps``."""
+    x, y = multi_output_clients(1, 5)[0]
+    model = nn.Linear(DIM, OUT).double()
+    shared = ["weight", "bias"]
+    config = default_config() | {
+        "eta": 0.1,
+        "damping": 0.3,
+        "lr": 0.1,
+        "batch-size": 4,
+        "newton-steps": steps,
+        "foof-ema": ema,
+        "foof-refresh": refresh,
+    }
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    return SolverInput(
+        MultiOutputLSQ(),
+        model,
+        shared,
+        [],
+        {n: p.detach().clone() for n, p in model.named_parameters()},
+        Tensors(torch.from_numpy(x), torch.from_numpy(y)),
+        config,
+        ClientState(context, 0, ""),
+        torch.Generator().manual_seed(7),
+    )
+
+
+def batch_factors(inp: SolverInput, steps: int) -> list[torch.Tensor]:
+    """``A`` of each step's minibatch, from the same seeded batch order as the solver."""
+    order = _batches(SolverInput(**{**vars(inp), "generator": torch.Generator().manual_seed(7)}))
+    return [foof_factor(inp.model, inp.train.x[next(order)]) for _ in range(steps)]
+
+
+def test_foof_ema_smooths_the_factor_as_documented() -> None:
+    beta, lam = 0.6, 0.3
+    inp = foof_input(beta, 1, 3)
+    a1, a2, a3 = batch_factors(inp, 3)
+    _, curvature, _ = foof_steps(inp, diagonal=False)
+    expected = beta * (beta * a1 + (1 - beta) * a2) + (1 - beta) * a3 + lam * torch.eye(DIM + 1)
+    torch.testing.assert_close(unpack_symmetric(curvature["layer"]), expected)
+    _, no_ema, _ = foof_steps(foof_input(0.0, 1, 3), diagonal=False)
+    torch.testing.assert_close(unpack_symmetric(no_ema["layer"]), a3 + lam * torch.eye(DIM + 1))
+
+
+def test_foof_refresh_recomputes_the_factor_every_k_steps() -> None:
+    beta, lam = 0.5, 0.3
+    inp = foof_input(beta, 2, 4)
+    a = batch_factors(inp, 4)
+    _, curvature, _ = foof_steps(inp, diagonal=False)
+    expected = beta * a[0] + (1 - beta) * a[2] + lam * torch.eye(DIM + 1)  # steps 0 and 2 only
+    torch.testing.assert_close(unpack_symmetric(curvature["layer"]), expected)
+    _, every, _ = foof_steps(foof_input(beta, 1, 4), diagonal=False)
+    assert not torch.allclose(unpack_symmetric(every["layer"]), expected)
+    # the diagonal variant follows the same schedule, on diag A
+    _, diag, _ = foof_steps(foof_input(beta, 2, 4), diagonal=True)
+    expected_diag = torch.diagonal(expected - lam * torch.eye(DIM + 1)) + lam
+    torch.testing.assert_close(diag["weight"], expected_diag[:DIM].expand(OUT, DIM))
+    torch.testing.assert_close(diag["bias"], expected_diag[DIM].expand(OUT))

@@ -54,7 +54,7 @@ TRIU = "hessian-triu"
 KINDS = ("hessian", "foof", "diagonal")
 """Values of ``curvature``."""
 BYTES_PER_CLIENT = "bytes-up-per-client"
-"""Round metric: mean payload bytes one client uploaded (parameters + curvature)."""
+"""Round metric: mean payload bytes one client uploaded (its reply records as received)."""
 
 Arrays = dict[str, torch.Tensor]
 
@@ -297,14 +297,18 @@ class FedPMStrategy(FederatedStrategy):
         """The FOOF layer layout of the shared block (from the task's model)."""
         model, _ = model_layout(self.config)
         self.layers = foof_layers(model, list(self.shared_template))
-        curv = template_nbytes(self.reply_template(CURVATURE))
         log(
             INFO,
-            "FedPM: curvature=%s, %d preconditioned layers, %.3f MB curvature up per client",
+            "%s: curvature=%s, %d preconditioned layers, up per client and round: %s",
+            type(self).__name__,
             self.kind,
             len(self.layers),
-            curv / 2**20,
+            ", ".join(f"{k} {v / 2**20:.3f} MB" for k, v in self.upload_nbytes().items()),
         )
+
+    def upload_nbytes(self) -> dict[str, int]:
+        """Payload bytes one client uploads per round, by reply record (only what is sent)."""
+        return {name: template_nbytes(self.reply_template(name)) for name in self.reply_records}
 
     def reply_template(self, name: str) -> Template:
         """``CURVATURE`` follows ``curvature_template``; ``SHARED`` the shared block."""
@@ -330,7 +334,7 @@ class FedPMStrategy(FederatedStrategy):
         )
 
     def train_metrics(self, replies: list[Reply]) -> dict[str, float]:
-        """Base metrics plus ``bytes-up-per-client`` (parameters + curvature)."""
+        """Base metrics plus ``bytes-up-per-client`` (what the valid replies carried)."""
         return {
             **super().train_metrics(replies),
             BYTES_PER_CLIENT: self.round_log.bytes_up / max(len(replies), 1),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 from torch import nn
 
 from client_app.solvers.base import SolverInput
@@ -30,12 +30,14 @@ from server_app.suboptimality import optimum
 from strategies.fedpm import (
     CURVATURE,
     TRIU,
+    FedPMStrategy,
     foof_layers,
     pack_symmetric,
     precondition_mix,
     unpack_symmetric,
 )
 from strategies.messages import CONFIG, SHARED
+from strategies.registry import ALGORITHMS
 from tasks import registry
 from tasks.data import ArrayData, TaskData
 from tasks.federation import federation_spec
@@ -266,6 +268,20 @@ def test_local_newton_converges_to_mean_of_local_optima(tmp_path: Path) -> None:
     rows = read_metrics(run_dir)
     assert rows[-1]["subopt"] > 1e-3  # stuck away from f*
     assert rows[-1]["bytes-up-per-client"] == 8 * DIM  # parameters only
+
+
+def test_upload_bytes_count_only_what_is_sent(tmp_path: Path) -> None:
+    shared = {"weight": ((1, DIM), "float64")}
+    for algorithm, expected in (
+        ("localnewton", {SHARED: 8 * DIM}),
+        ("fedpm", {SHARED: 8 * DIM, CURVATURE: 8 * DIM * (DIM + 1) // 2}),
+    ):
+        cfg = validate_run_config(pm_config(tmp_path, algorithm=algorithm))
+        strategy = ALGORITHMS[algorithm].aggregation(cfg)
+        strategy.shared_template = shared
+        assert isinstance(strategy, FedPMStrategy)
+        strategy.init_state(ArrayRecord())
+        assert strategy.upload_nbytes() == expected, algorithm
 
 
 # ----------------------------------------------------------------------------- P5

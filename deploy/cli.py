@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--keys", default="", help="directory with supernode-<index>")
     node.add_argument("--data", required=True, help="data directory (partition cache too)")
     node.add_argument("--state", required=True, help="client state directory")
+    node.add_argument("--app-port", type=int, default=9094, help="local ClientApp API port")
 
     reg = sub.add_parser("register", help="register SuperNode public keys with the SuperLink")
     reg.add_argument("--superlink", required=True, help="host:port of the SuperLink HTTP API")
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data=str(Path(args.data).resolve()),
             state=str(Path(args.state).resolve()),
         )
-        command = supernode_command(layout, args.index, args.num_partitions)
+        command = supernode_command(layout, args.index, args.num_partitions, args.app_port)
         return _exec("flower-supernode", command, {**os.environ, **POLL_ENV})
     if args.command == "register":
         env = write_connection(Path(args.flwr_home), args.superlink, args.ca)

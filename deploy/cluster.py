@@ -84,10 +84,13 @@ def superlink_command(layout: Layout) -> list[str]:
     return [*args, "--enable-supernode-auth"] if layout.auth else args
 
 
-def supernode_command(layout: Layout, index: int, num_partitions: int) -> list[str]:
+def supernode_command(
+    layout: Layout, index: int, num_partitions: int, app_port: int = APP_PORT
+) -> list[str]:
     """``flower-supernode`` arguments for partition ``index - 1`` of ``num_partitions``: gRPC
-    to the SuperLink's Fleet port, its ClientApp API on loopback, data and state directories
-    in the node config (read by the ClientApp), TLS root + auth key unless insecure.
+    to the SuperLink's Fleet port, its ClientApp API on loopback (``app_port``: give each
+    SuperNode on one machine its own), data and state directories in the node config (read by
+    the ClientApp), TLS root + auth key unless insecure.
     """
     node_config = (
         f"partition-id={index - 1} num-partitions={num_partitions} "
@@ -102,7 +105,7 @@ def supernode_command(layout: Layout, index: int, num_partitions: int) -> list[s
         "--host",
         "127.0.0.1" if layout.isolation == "subprocess" else "0.0.0.0",
         "--port",
-        str(APP_PORT),
+        str(app_port),
         "--node-config",
         node_config,
     ]

@@ -1,0 +1,105 @@
+"""deploy/: TLS material, component commands and the ``dualflower-deploy`` CLI (no network)."""
+
+from __future__ import annotations
+
+import ipaddress
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from deploy import cli
+from deploy.certs import make_node_key, make_tls
+from deploy.cluster import Layout, superlink_command, supernode_command
+
+
+def test_superlink_certificate_has_the_sans_and_is_signed_by_the_ca(tmp_path: Path) -> None:
+    paths = make_tls(tmp_path, ["IP:10.1.2.3", "DNS:link.example"])
+    cert = x509.load_pem_x509_certificate(paths["cert"].read_bytes())
+    ca = x509.load_pem_x509_certificate(paths["ca"].read_bytes())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "superlink", "link.example"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("10.1.2.3"),
+    }
+    assert stat.S_IMODE(paths["key"].stat().st_mode) == 0o600
+    again = make_tls(tmp_path, ["IP:10.9.9.9"])  # new address: same CA, new certificate
+    assert again["ca"].read_bytes() == paths["ca"].read_bytes()
+    x509.load_pem_x509_certificate(again["cert"].read_bytes()).verify_directly_issued_by(ca)
+
+
+def test_bad_san_entry_names_the_format(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="DNS:<name>' or 'IP:<address>"):
+        make_tls(tmp_path, ["10.0.0.1"])
+
+
+def test_node_keys_are_openssh_p384_and_stable(tmp_path: Path) -> None:
+    private, public = make_node_key(tmp_path, "supernode-1")
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+    assert key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode() == public.read_text().strip()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert make_node_key(tmp_path, "supernode-1") == (private, public)
+    assert public.read_text() == make_node_key(tmp_path, "supernode-1")[1].read_text()
+
+
+def test_auth_without_tls_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs TLS"):
+        Layout(tls=False, auth=True)
+
+
+def test_commands_secure_by_default_insecure_only_when_asked() -> None:
+    secure = superlink_command(Layout(certs="/c"))
+    assert "--insecure" not in secure and "--enable-supernode-auth" in secure
+    assert secure[secure.index("--ssl-certfile") + 1] == "/c/server.pem"
+    node = supernode_command(Layout(certs="/c", keys="/k", superlink="10.0.0.5"), 2, 5)
+    assert node[node.index("--superlink") + 1] == "10.0.0.5:9092"
+    assert "partition-id=1 num-partitions=5" in node[node.index("--node-config") + 1]
+    assert node[node.index("--auth-supernode-private-key") + 1] == "/k/supernode-2"
+    insecure = superlink_command(Layout(tls=False, auth=False))
+    assert insecure[0] == "--insecure" and "--ssl-certfile" not in insecure
+
+
+def test_cli_execs_the_component_with_the_built_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+
+    def fake_exec(program: str, argv: list[str], env: dict[str, str]) -> Any:
+        calls.append((program, argv, env))
+        return 0
+
+    monkeypatch.setattr(cli.os, "execvpe", fake_exec)
+    cli.main(
+        [
+            "supernode", "--index", "3", "--num-partitions", "4", "--superlink", "link",
+            "--certs", str(tmp_path), "--keys", str(tmp_path), "--data", str(tmp_path / "d"),
+            "--state", str(tmp_path / "s"), "--app-port", "9097",
+        ]
+    )
+    program, argv, env = calls[0]
+    assert program == "flower-supernode" and argv[0] == "flower-supernode"
+    assert argv[argv.index("--port") + 1] == "9097"
+    assert f'state-dir="{tmp_path / "s"}"' in argv[argv.index("--node-config") + 1]
+    assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
+    cli.main(["superlink", "--insecure"])
+    assert calls[1][1][:2] == ["flower-superlink", "--insecure"]
+
+
+def test_submit_without_ca_or_insecure_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["submit", "--superlink", "10.0.0.5:8000"])
+    assert done.value.code == 2
+    assert "--ca" in capsys.readouterr().err
+
+
+def test_register_without_keys_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="dualflower-deploy certs"):
+        cli.register_keys({}, tmp_path, 1, wait=0)

@@ -52,11 +52,20 @@ def make_tls(out: Path, names: Iterable[str] = (), days: int = 365) -> dict[str,
     plus ``DEFAULT_NAMES``; one certificate serves the Fleet (9092) and HTTP (8000) ports.
 
     An existing CA is kept, so re-issuing the server certificate (a new SuperLink address)
-    does not invalidate the ``ca.crt`` already copied to the SuperNodes.
+    does not invalidate the ``ca.crt`` already copied to the SuperNodes; an existing server
+    certificate is kept when it already covers ``names``, else re-issued for both name sets.
     """
     out.mkdir(parents=True, exist_ok=True)
-    sans = list(dict.fromkeys([*DEFAULT_NAMES, *names]))
-    alt_names = [_san(s) for s in sans]
+    alt_names = list(dict.fromkeys(_san(s) for s in [*DEFAULT_NAMES, *names]))
+    paths = {"ca": out / CA_CERT, "cert": out / SERVER_CERT, "key": out / SERVER_KEY}
+    if all(p.exists() for p in paths.values()):
+        existing = x509.load_pem_x509_certificate(paths["cert"].read_bytes())
+        covered = list(
+            existing.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
+        if set(alt_names) <= set(covered):
+            return paths
+        alt_names = list(dict.fromkeys([*covered, *alt_names]))
     now = datetime.datetime.now(datetime.UTC)
     if (out / CA_KEY).exists() and (out / CA_CERT).exists():
         loaded = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), password=None)
@@ -111,7 +120,7 @@ def make_tls(out: Path, names: Iterable[str] = (), days: int = 365) -> dict[str,
         private=True,
     )
     _write(out / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
-    return {"ca": out / CA_CERT, "cert": out / SERVER_CERT, "key": out / SERVER_KEY}
+    return paths
 
 
 def make_node_key(out: Path, name: str) -> tuple[Path, Path]:

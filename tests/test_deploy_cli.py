@@ -28,9 +28,14 @@ def test_superlink_certificate_has_the_sans_and_is_signed_by_the_ca(tmp_path: Pa
         ipaddress.ip_address("10.1.2.3"),
     }
     assert stat.S_IMODE(paths["key"].stat().st_mode) == 0o600
-    again = make_tls(tmp_path, ["IP:10.9.9.9"])  # new address: same CA, new certificate
+    kept = paths["cert"].read_bytes()
+    assert make_tls(tmp_path, ["DNS:link.example"])["cert"].read_bytes() == kept  # covered
+    again = make_tls(tmp_path, ["IP:10.9.9.9"])  # new address: same CA, both name sets
     assert again["ca"].read_bytes() == paths["ca"].read_bytes()
-    x509.load_pem_x509_certificate(again["cert"].read_bytes()).verify_directly_issued_by(ca)
+    reissued = x509.load_pem_x509_certificate(again["cert"].read_bytes())
+    reissued.verify_directly_issued_by(ca)
+    names = reissued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"10.1.2.3", "10.9.9.9"} <= {str(a) for a in names.get_values_for_type(x509.IPAddress)}
 
 
 def test_bad_san_entry_names_the_format(tmp_path: Path) -> None:

@@ -66,7 +66,6 @@ def make_tls(out: Path, names: Iterable[str] = (), days: int = 365) -> dict[str,
         if set(alt_names) <= set(covered):
             return paths
         alt_names = list(dict.fromkeys([*covered, *alt_names]))
-    now = datetime.datetime.now(datetime.UTC)
     if (out / CA_KEY).exists() and (out / CA_CERT).exists():
         loaded = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), password=None)
         if not isinstance(loaded, rsa.RSAPrivateKey):
@@ -74,53 +73,50 @@ def make_tls(out: Path, names: Iterable[str] = (), days: int = 365) -> dict[str,
         ca_key = loaded
         ca_cert = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
     else:
-        ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ca_key = _new_key(out / CA_KEY)
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dualflower-ca")])
         ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
+            _builder(ca_name, ca_key, days)
             .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(ca_key, hashes.SHA256())
         )
-        _write(
-            out / CA_KEY,
-            ca_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-            private=True,
-        )
         _write(out / CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink")])
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "superlink")]))
+        _builder(name, _new_key(out / SERVER_KEY), days)
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    _write(
-        out / SERVER_KEY,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        private=True,
-    )
     _write(out / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+def _new_key(path: Path) -> rsa.RSAPrivateKey:
+    """A new RSA-2048 key, saved (owner-only) as PKCS#8 PEM at ``path``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write(path, pem, private=True)
+    return key
+
+
+def _builder(subject: x509.Name, key: rsa.RSAPrivateKey, days: int) -> x509.CertificateBuilder:
+    """A certificate for ``key`` named ``subject``, valid from now (5 min slack) for ``days``."""
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
 
 
 def make_node_key(out: Path, name: str) -> tuple[Path, Path]:

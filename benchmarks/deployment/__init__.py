@@ -1,0 +1,1 @@
+"""Deployment (SuperLink + SuperNodes) vs simulation latency benchmark (issue 6)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
 from torch import nn
 
 from tasks.base import DataOptions, Task
@@ -20,6 +19,8 @@ class BreastCancerTask(Task):
 
     def load(self, options: DataOptions) -> TaskData:
         """Load, hold out 20 % for the server, standardise."""
+        from sklearn.datasets import load_breast_cancer  # lazy: one process per message
+
         bunch = load_breast_cancer()
         x = np.asarray(bunch.data, dtype=np.float64)
         y = np.asarray(bunch.target, dtype=np.int64)

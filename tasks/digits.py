@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
 from torch import nn
 
 from tasks.base import DataOptions, Task
@@ -18,6 +17,8 @@ class DigitsTask(Task):
 
     def load(self, options: DataOptions) -> TaskData:
         """Load the bundled digits, scaled to [0, 1]."""
+        from sklearn.datasets import load_digits  # lazy: deployment starts a process per message
+
         bunch = load_digits()
         x = (np.asarray(bunch.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
         y = np.asarray(bunch.target, dtype=np.int64)

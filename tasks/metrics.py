@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics import f1_score, roc_auc_score
 
 
 def classification_metrics(
@@ -21,6 +20,8 @@ def classification_metrics(
     when no class qualifies. Rows with non-finite probabilities (a diverged model) count as
     wrong predictions and are left out of the AUC, instead of failing the evaluation.
     """
+    from sklearn.metrics import f1_score, roc_auc_score  # lazy: 2 s of every ClientApp start
+
     finite = np.isfinite(probs).all(axis=1)
     y_pred = np.where(finite, np.nan_to_num(probs).argmax(axis=1), -1)
     y_ok, p_ok = y_true[finite], probs[finite]

@@ -42,6 +42,7 @@ from typing import Any
 
 import flwr
 
+from benchmarks.timing import RoundTimes
 from deploy.cli import CONNECTION
 from deploy.cluster import POLL_ENV, Layout, superlink_command, supernode_command
 from server_app.launch import wait_healthy
@@ -64,7 +65,7 @@ VARIANTS = {
 
 
 @dataclass
-class Outcome:
+class Outcome(RoundTimes):
     """One variant's run: round wall times (rounds 1..N) and command timings."""
 
     key: str
@@ -76,17 +77,6 @@ class Outcome:
     total_s: float | None = None
     final_accuracy: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def round1(self) -> float | None:
-        """Wall time of round 1."""
-        return self.round_times[0] if self.round_times else None
-
-    @property
-    def steady(self) -> float | None:
-        """Median wall time of rounds 2..N."""
-        rest = self.round_times[1:]
-        return statistics.median(rest) if rest else None
 
 
 # --------------------------------------------------------------------------- processes

@@ -39,6 +39,7 @@ from typing import Any
 
 from benchmarks.overhead.proctree import CommandResult, TreeStats, busy_fraction, run_sampled
 from benchmarks.overhead.workload import ROOT, default_run_config, resolved_config
+from benchmarks.timing import RoundTimes
 
 STOCK_PYPROJECT = """\
 [build-system]
@@ -83,7 +84,7 @@ class Plan:
 
 
 @dataclass
-class Measurement:
+class Measurement(RoundTimes):
     """One variant's outcome: per-round wall times (rounds 1..N) and what was sampled."""
 
     key: str
@@ -97,17 +98,6 @@ class Measurement:
     busy_before: float | None = None
     stats: TreeStats | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def round1(self) -> float | None:
-        """Wall time of round 1 (includes first-use costs: Ray actors, torch warm-up)."""
-        return self.round_times[0] if self.round_times else None
-
-    @property
-    def steady(self) -> float | None:
-        """Median wall time of rounds 2..N."""
-        rest = self.round_times[1:]
-        return statistics.median(rest) if rest else None
 
 
 # --------------------------------------------------------------------------- helpers

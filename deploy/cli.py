@@ -22,9 +22,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from deploy.certs import make_node_key, make_tls
 from deploy.cluster import (
+    APP_PORT,
+    CONTROL_PORT,
+    FLEET_PORT,
     POLL_ENV,
     Layout,
     node_name,
@@ -79,7 +83,7 @@ def register_keys(env: dict[str, str], keys: Path, num_nodes: int, wait: float) 
     return done
 
 
-def _layout(args: argparse.Namespace, **extra: str) -> Layout:
+def _layout(args: argparse.Namespace, **extra: Any) -> Layout:
     secure = not args.insecure
     return Layout(
         tls=secure,
@@ -119,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     link.add_argument("--no-auth", action="store_true", help="TLS without node authentication")
     link.add_argument("--listen", default="127.0.0.1", help="interface of the HTTP port 8000")
     link.add_argument("--database", default="", help="SuperLink state file (default: memory)")
+    link.add_argument("--port", type=int, default=CONTROL_PORT, help="HTTP port (CLI, ServerApp)")
+    link.add_argument("--fleet-port", type=int, default=FLEET_PORT, help="gRPC Fleet port")
 
     node = sub.add_parser("supernode", help="start one SuperNode for one partition")
     security(node)
@@ -129,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--keys", default="", help="directory with supernode-<index>")
     node.add_argument("--data", required=True, help="data directory (partition cache too)")
     node.add_argument("--state", required=True, help="client state directory")
-    node.add_argument("--app-port", type=int, default=9094, help="local ClientApp API port")
+    node.add_argument("--app-port", type=int, default=APP_PORT, help="local ClientApp API port")
+    node.add_argument("--fleet-port", type=int, default=FLEET_PORT, help="SuperLink gRPC port")
 
     reg = sub.add_parser("register", help="register SuperNode public keys with the SuperLink")
     reg.add_argument("--superlink", required=True, help="host:port of the SuperLink HTTP API")
@@ -159,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dualflower-deploy: CA {paths['ca']}, SuperLink certificate {paths['cert']}")
         return 0
     if args.command == "superlink":
-        layout = _layout(args, listen=args.listen)
+        layout = _layout(
+            args, listen=args.listen, control_port=args.port, fleet_port=args.fleet_port
+        )
         extra = ["--database", args.database] if args.database else []
         return _exec("flower-superlink", [*superlink_command(layout), *extra])
     if args.command == "supernode":
@@ -168,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             superlink=args.superlink,
             data=str(Path(args.data).resolve()),
             state=str(Path(args.state).resolve()),
+            fleet_port=args.fleet_port,
         )
         command = supernode_command(layout, args.index, args.num_partitions, args.app_port)
         return _exec("flower-supernode", command, {**os.environ, **POLL_ENV})

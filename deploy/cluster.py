@@ -41,6 +41,8 @@ class Layout:
     listen: str = "0.0.0.0"
     """Interface of the SuperLink's HTTP port (0.0.0.0 in containers so the host CLI can reach
     it through the published loopback port; 127.0.0.1 on a bare machine)."""
+    control_port: int = CONTROL_PORT
+    fleet_port: int = FLEET_PORT
 
     def __post_init__(self) -> None:
         if self.auth and not self.tls:
@@ -64,9 +66,9 @@ def superlink_command(layout: Layout) -> list[str]:
         "--host",
         layout.listen,
         "--port",
-        str(CONTROL_PORT),
+        str(layout.control_port),
         "--fleet-api-address",
-        f"0.0.0.0:{FLEET_PORT}",
+        f"0.0.0.0:{layout.fleet_port}",
         "--fleet-api-type",
         "grpc-rere",
         "--disable-runtime-dependency-installation",
@@ -98,7 +100,7 @@ def supernode_command(
     )
     args = [
         "--superlink",
-        f"{layout.superlink}:{FLEET_PORT}",
+        f"{layout.superlink}:{layout.fleet_port}",
         "--grpc-rere",
         "--isolation",
         layout.isolation,
@@ -139,7 +141,7 @@ def register_command(layout: Layout, num_nodes: int) -> list[str]:
     return [
         "register",
         "--superlink",
-        f"{layout.superlink}:{CONTROL_PORT}",
+        f"{layout.superlink}:{layout.control_port}",
         "--ca",
         f"{layout.certs}/{CA_CERT}",
         "--keys",

@@ -96,6 +96,11 @@ def test_cli_execs_the_component_with_the_built_command(
     assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
     cli.main(["superlink", "--insecure"])
     assert calls[1][1][:2] == ["flower-superlink", "--insecure"]
+    cli.main(["superlink", "--certs", str(tmp_path), "--port", "18000", "--fleet-port", "19092"])
+    link = calls[2][1]
+    assert link[link.index("--port") + 1] == "18000"
+    assert link[link.index("--fleet-api-address") + 1] == "0.0.0.0:19092"
+    assert link[link.index("--host") + 1] == "127.0.0.1"  # HTTP API on loopback by default
 
 
 def test_submit_without_ca_or_insecure_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,14 +7,37 @@ true weights, so the global optimum ``(Σ α_i A_i)^{-1} Σ α_i b_i`` differs f
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from tasks.base import DataOptions, Task
 from tasks.data import ArrayData, TaskData
+from tests.conftest import default_config
 
 DIM = 5
+
+
+def exact_config(tmp_path: Path, algorithm: str) -> dict[str, Any]:
+    """Run config for exact float64 tests on ``lsq``: natural clients, full-batch plain steps,
+    no local test split, no client evaluation (callers add their own keys on top).
+    """
+    return default_config() | {
+        "algorithm": algorithm,
+        "task": "lsq",
+        "partitioner": "natural",
+        "seed": 3,
+        "local-test-fraction": 0.0,
+        "batch-size": 10_000,
+        "momentum": 0.0,
+        "weight-decay": 0.0,
+        "fraction-evaluate": 0.0,
+        "client-weighting": "uniform",
+        "output-dir": str(tmp_path),
+    }
 
 
 def lsq_clients(num: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

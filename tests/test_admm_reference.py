@@ -16,11 +16,11 @@ import pytest
 from flwr.app import MessageType
 
 from client_app.solvers.admm import PI
+from server_app.inprocess import InProcessGrid
 from strategies.messages import CONFIG, SHARED
 from tasks import registry
-from tests.conftest import default_config, run_local
-from server_app.inprocess import InProcessGrid
-from tests.lsq_task import LeastSquaresTask, lsq_clients
+from tests.conftest import run_local
+from tests.lsq_task import LeastSquaresTask, exact_config, lsq_clients
 
 M = 4
 
@@ -31,24 +31,8 @@ def _register_lsq(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def lsq_config(tmp_path: Path, **over: Any) -> dict[str, Any]:
-    cfg = default_config() | {
-        "algorithm": "fedadmm",
-        "task": "lsq",
-        "partitioner": "natural",
-        "seed": 3,
-        "local-test-fraction": 0.0,
-        "batch-size": 10_000,
-        "local-epochs": 3,
-        "lr": 0.1,
-        "rho": 0.5,
-        "momentum": 0.0,
-        "weight-decay": 0.0,
-        "fraction-evaluate": 0.0,
-        "client-weighting": "uniform",
-        "output-dir": str(tmp_path),
-        "num-server-rounds": 8,
-    }
-    return cfg | over
+    extra = {"local-epochs": 3, "lr": 0.1, "rho": 0.5, "num-server-rounds": 8}
+    return exact_config(tmp_path, "fedadmm") | extra | over
 
 
 def sent_rounds(grid: InProcessGrid) -> list[tuple[np.ndarray, list[int]]]:

@@ -41,7 +41,7 @@ from tasks import registry
 from tasks.materialize import Tensors, build_skeleton
 from tasks.metrics import expected_calibration_error
 from tests.conftest import default_config, read_metrics, run_local
-from tests.lsq_task import DIM, LeastSquaresTask, lsq_clients
+from tests.lsq_task import DIM, LeastSquaresTask, exact_config, lsq_clients
 
 K = 4
 
@@ -52,19 +52,9 @@ def _register_lsq(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def bayes_config(tmp_path: Path, algorithm: str, **over: Any) -> dict[str, Any]:
-    cfg = default_config() | {
-        "algorithm": algorithm,
-        "task": "lsq",
-        "partitioner": "natural",
-        "seed": 3,
-        "local-test-fraction": 0.0,
-        "batch-size": 10_000,
+    extra = {
         "local-epochs": 3,
         "lr": 0.1,
-        "momentum": 0.0,
-        "weight-decay": 0.0,
-        "fraction-evaluate": 0.0,
-        "output-dir": str(tmp_path),
         "num-server-rounds": 6,
         "rho": 0.5,
         "gamma": 0.8,
@@ -73,7 +63,7 @@ def bayes_config(tmp_path: Path, algorithm: str, **over: Any) -> dict[str, Any]:
         "server-step": 0.0,
         "mc-samples": 0,
     }
-    return cfg | over
+    return exact_config(tmp_path, algorithm) | extra | over
 
 
 def quadratics(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -44,7 +44,7 @@ from tasks.federation import federation_spec
 from tasks.materialize import Tensors
 from tasks.synthetic import SyntheticTask
 from tests.conftest import default_config, read_metrics, run_local
-from tests.lsq_task import DIM, LeastSquaresTask, lsq_clients
+from tests.lsq_task import DIM, LeastSquaresTask, exact_config, lsq_clients
 
 M = 4
 OUT = 3
@@ -114,23 +114,14 @@ def _register(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pm_config(tmp_path: Path, **over: Any) -> dict[str, Any]:
-    cfg = default_config() | {
-        "algorithm": "fedpm",
-        "task": "lsq",
-        "partitioner": "natural",
-        "seed": 3,
-        "local-test-fraction": 0.0,
-        "batch-size": 10_000,
-        "fraction-evaluate": 0.0,
-        "client-weighting": "uniform",
-        "output-dir": str(tmp_path),
+    extra = {
         "num-server-rounds": 3,
         "eta": 1.0,
         "newton-steps": 1,
         "curvature": "hessian",
         "damping": 0.0,
     }
-    return cfg | over
+    return exact_config(tmp_path, "fedpm") | extra | over
 
 
 def sent_thetas(grid: Any) -> list[np.ndarray]:

@@ -20,7 +20,7 @@ from strategies.messages import CONFIG, SHARED
 from strategies.scaffold import CONTROL, ScaffoldStrategy
 from tasks import registry
 from tests.conftest import default_config, read_metrics, run_local
-from tests.lsq_task import DIM, lsq_clients
+from tests.lsq_task import DIM, exact_config, lsq_clients
 from tests.test_fedpm import ConvexLSQ
 
 M = 4
@@ -37,20 +37,12 @@ def _flat(record: Any) -> np.ndarray:
 
 def test_scaffold_matches_float64_reference_with_partial_participation(tmp_path: Path) -> None:
     lr, server_lr, steps, rounds = 0.1, 0.8, 3, 3
-    cfg = default_config() | {
-        "algorithm": "scaffold",
-        "task": "lsq",
-        "partitioner": "natural",
-        "seed": 3,
-        "local-test-fraction": 0.0,
-        "batch-size": 10_000,
+    cfg = exact_config(tmp_path, "scaffold") | {
         "local-epochs": steps,
         "lr": lr,
         "server-lr": server_lr,
         "fraction-train": 0.5,
-        "fraction-evaluate": 0.0,
         "num-server-rounds": rounds,
-        "output-dir": str(tmp_path),
     }
     run_dir, grid = run_local(cfg, M)
     sent: dict[int, dict[int, Any]] = {}

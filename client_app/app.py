@@ -12,7 +12,7 @@ from client_app.runtime import PERSONAL, assemble_model, client_data, node_parti
 from client_app.solvers import SOLVERS
 from client_app.solvers.base import SolverInput
 from client_app.state import ClientState
-from strategies.messages import (
+from protocol.records import (
     CONFIG,
     INFO_ACTION,
     METRICS,

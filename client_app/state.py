@@ -28,7 +28,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 from flwr.common import log
 
-from strategies.messages import to_record
+from protocol.records import to_record
 
 Groups = dict[str, dict[str, torch.Tensor]]
 """State groups: group name -> array name -> tensor."""

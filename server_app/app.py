@@ -12,6 +12,7 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from protocol.records import config_record, record_to_numpy, to_record
 from server_app.checkpoint import (
     drop_after,
     load_resume,
@@ -23,7 +24,6 @@ from server_app.config import validate_run_config
 from server_app.results import RunRecorder, resolve_run_dir
 from server_app.suboptimality import subopt_fn
 from strategies.base import EvaluateFn, FederationError, GlobalSampler, ResumePoint
-from strategies.messages import config_record, record_to_numpy, to_record
 from strategies.registry import ALGORITHMS
 from tasks.federation import build_federation, federation_spec
 from tasks.materialize import as_tensors, build_skeleton, resolve_device

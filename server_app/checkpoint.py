@@ -30,9 +30,9 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.common import log
 
+from protocol.records import numpy_to_record, record_to_numpy
 from server_app.config import ConfigError
 from strategies.base import FederatedStrategy
-from strategies.messages import numpy_to_record, record_to_numpy
 
 FORMAT = 1
 KEEP = 2

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
+from protocol.records import numpy_to_record, record_to_numpy
 from strategies.base import FederatedStrategy, Reply
 from strategies.checkpointing import RuleState, pack_partitions, unpack_partitions
 from strategies.mean import weighted_mean
-from strategies.messages import numpy_to_record, record_to_numpy
 
 Z = "z"
 """ArrayRecord client -> server: ``z_i = u_i + π_i/ρ`` over the shared block."""

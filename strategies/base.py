@@ -22,9 +22,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from strategies.checkpointing import RuleState
-from strategies.exchange import exchange
-from strategies.messages import (
+from protocol.records import (
     CONFIG,
     INFO_ACTION,
     METRICS,
@@ -35,6 +33,8 @@ from strategies.messages import (
     record_nbytes,
     scalar,
 )
+from strategies.checkpointing import RuleState
+from strategies.exchange import exchange
 
 Scalar = int | float | str | bool
 RoundCallback = Callable[[int, dict[str, float]], None]

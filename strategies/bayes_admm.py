@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from logging import WARNING
 from typing import Any, ClassVar
 
@@ -46,83 +45,31 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.common import log
 
+from protocol.gaussian import (
+    Family,
+    floor_precision,
+    mean_from_natural,
+    precision_times,
+    sample_gaussian,
+)
+from protocol.records import (
+    DUAL_MEAN,
+    DUAL_PRECISION,
+    FLOORED,
+    GLOBAL_MEAN,
+    GLOBAL_PRECISION,
+    MATRIX,
+    MEAN,
+    PRECISION,
+    numpy_to_record,
+)
 from strategies.base import FederatedStrategy, GlobalSampler, Reply, Template
 from strategies.checkpointing import RuleState, pack_partitions, unpack_partitions
-from strategies.messages import flatten as flatten  # re-exported (bayes clients)
-from strategies.messages import numpy_to_record
-from strategies.messages import unflatten as unflatten
-
-MEAN = "mean"
-"""ArrayRecord client -> server: the local posterior mean ``m_k`` (shared-block layout)."""
-PRECISION = "precision"
-"""ArrayRecord client -> server: the local posterior precision ``S_k`` (family layout)."""
-DUAL_MEAN = "dual-mean"
-"""ArrayRecord client -> server: the dual ``v_k`` (shared-block layout); also its state key."""
-DUAL_PRECISION = "dual-precision"
-"""ArrayRecord client -> server: the dual ``V_k`` (family layout); also its state key."""
-GLOBAL_PRECISION = "global-precision"
-"""ArrayRecord server -> client: ``S_g`` (family layout; not sent for the isotropic family)."""
-GLOBAL_MEAN = "global-mean"
-"""ArrayRecord server -> client: ``m_g`` while ``SHARED`` is not ``m_g`` (round 1: the prior
-mean 0, while ``SHARED`` holds the initial weights that local training starts from)."""
-MATRIX = "matrix"
-"""The one array of a full-covariance precision record: ``d×d`` over the flattened block."""
-FLOORED = "precision-floored"
-"""Metric: precision entries (eigenvalues) raised to ``precision-floor`` in this round."""
+from tasks.functional import flatten as flatten
+from tasks.functional import unflatten as unflatten
 
 MAX_FULL_DIM = 1024
 """Largest shared block (parameters) for which ``newton-admm`` keeps ``d×d`` matrices."""
-
-
-class Family(Enum):
-    """Which Gaussians the rule works with (§2.3, §2.5, §2.4)."""
-
-    ISOTROPIC = "isotropic"
-    DIAGONAL = "diagonal"
-    FULL = "full"
-
-
-# ------------------------------------------------------------------- natural-parameter algebra
-def precision_times(family: Family, precision: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``S x``: element-wise for vector precisions, a matrix product for the full family."""
-    return precision @ x if family is Family.FULL else precision * x
-
-
-def mean_from_natural(family: Family, precision: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-    """``m = S^{-1} η`` (§2.1)."""
-    if family is Family.FULL:
-        solved: torch.Tensor = torch.linalg.solve(precision, eta)
-        return solved
-    return eta / precision
-
-
-def floor_precision(
-    family: Family, precision: torch.Tensor, floor: float
-) -> tuple[torch.Tensor, int]:
-    """``S`` with every entry (full family: eigenvalue of the symmetrised matrix) below ``floor``
-    raised to it, and how many were raised (ALGORITHMS.md §2.9 pitfall).
-    """
-    if family is not Family.FULL:
-        low = int((precision < floor).sum())
-        return (precision.clamp(min=floor) if low else precision), low
-    sym = 0.5 * (precision + precision.T)
-    eigvals, eigvecs = torch.linalg.eigh(sym)
-    low = int((eigvals < floor).sum())
-    if not low:
-        return sym, 0
-    return (eigvecs * eigvals.clamp(min=floor)) @ eigvecs.T, low
-
-
-def sample_gaussian(
-    family: Family, mean: torch.Tensor, precision: torch.Tensor, generator: torch.Generator
-) -> torch.Tensor:
-    """One draw from ``N(mean, S^{-1})``: ``m + ε/√S`` or ``m + L^{-T} ε`` with ``S = L Lᵀ``."""
-    eps = torch.randn(mean.shape, generator=generator, dtype=torch.float64).to(mean.device)
-    if family is not Family.FULL:
-        return mean + eps / precision.sqrt()
-    chol = torch.linalg.cholesky(precision)
-    noise: torch.Tensor = torch.linalg.solve_triangular(chol.T, eps.unsqueeze(1), upper=True)
-    return mean + noise.squeeze(1)
 
 
 def server_step(config: Mapping[str, Any], num_clients: int) -> float:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -44,13 +43,12 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from torch import nn
 
+from protocol.foof import Layer, foof_layers, layer_matrix, split_layer_matrix
+from protocol.records import CURVATURE, SHARED, TRIU, numpy_to_record
+from protocol.symmetric import triu_size, unpack_symmetric
 from strategies.base import FederatedStrategy, Reply, Template
-from strategies.messages import SHARED, flatten, numpy_to_record, unflatten
+from tasks.functional import flatten, unflatten
 
-CURVATURE = "curvature"
-"""ArrayRecord client -> server: the last (damped) local preconditioner, kind-dependent layout."""
-TRIU = "hessian-triu"
-"""The one array of a ``hessian`` curvature record: the upper triangle of ``P_i`` (row-major)."""
 KINDS = ("hessian", "foof", "diagonal")
 """Values of ``curvature``."""
 BYTES_PER_CLIENT = "bytes-up-per-client"
@@ -60,91 +58,7 @@ Arrays = dict[str, torch.Tensor]
 
 
 # ----------------------------------------------------------------------- symmetric packing
-def pack_symmetric(matrix: torch.Tensor) -> torch.Tensor:
-    """The upper triangle (diagonal included) of a square ``matrix``, row-major, as a vector."""
-    n = matrix.shape[0]
-    rows, cols = torch.triu_indices(n, n, device=matrix.device)
-    return matrix[rows, cols]
-
-
-def unpack_symmetric(packed: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle ``pack_symmetric`` returned."""
-    n = round((math.sqrt(8 * packed.numel() + 1) - 1) / 2)
-    if n * (n + 1) // 2 != packed.numel():
-        raise ValueError(f"{packed.numel()} values are not the upper triangle of a square matrix")
-    rows, cols = torch.triu_indices(n, n, device=packed.device)
-    out = torch.zeros(n, n, dtype=packed.dtype, device=packed.device)
-    out[rows, cols] = packed
-    out[cols, rows] = packed
-    return out
-
-
-def triu_size(n: int) -> int:
-    """Number of values in the upper triangle of an ``n×n`` matrix."""
-    return n * (n + 1) // 2
-
-
 # ----------------------------------------------------------------------- FOOF layer layout
-@dataclass(frozen=True)
-class Layer:
-    """A FOOF-preconditioned layer (§3.4): its module, weight and bias names, factor side."""
-
-    name: str
-    """Module path (``"layer"`` for a model that is itself one layer): the factor's array name."""
-    module: str
-    """Module path for ``model.get_submodule`` (``""``: the model itself)."""
-    weight: str
-    bias: str | None
-    size: int
-    """Side of ``A_l``: ``d_in`` (Conv2d: ``C_in·k_h·k_w``), +1 with a bias."""
-
-
-def foof_layers(model: nn.Module, shared: Sequence[str]) -> list[Layer]:
-    """The Linear and (ungrouped) Conv2d layers whose weight and bias are all in ``shared``.
-
-    Grouped / depthwise convolutions would need per-group factors (§3.4); they, and layers
-    only partly in the shared block, are left to the plain step and the weighted mean.
-    """
-    names = set(shared)
-    out = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear | nn.Conv2d):
-            continue
-        if isinstance(module, nn.Conv2d) and (
-            module.groups != 1
-            or module.padding_mode != "zeros"
-            or not isinstance(module.padding, tuple)
-        ):
-            continue
-        prefix = f"{name}." if name else ""
-        weight = f"{prefix}weight"
-        bias = f"{prefix}bias" if module.bias is not None else None
-        if weight in names and (bias is None or bias in names):
-            size = module.weight[0].numel() + (bias is not None)
-            out.append(Layer(name or "layer", name, weight, bias, size))
-    return out
-
-
-def layer_matrix(arrays: Mapping[str, torch.Tensor], layer: Layer) -> torch.Tensor:
-    """``W = [weight.reshape(d_out, -1) | bias]``: the layer as a ``d_out × size`` matrix."""
-    weight = arrays[layer.weight]
-    matrix = weight.reshape(weight.shape[0], -1)
-    if layer.bias is not None:
-        matrix = torch.cat([matrix, arrays[layer.bias].reshape(-1, 1)], dim=1)
-    return matrix
-
-
-def split_layer_matrix(
-    matrix: torch.Tensor, layer: Layer, shapes: Mapping[str, tuple[int, ...]]
-) -> Arrays:
-    """Inverse of ``layer_matrix``: the weight (and bias) tensors in their shapes."""
-    shape = shapes[layer.weight]
-    out = {layer.weight: matrix[:, : math.prod(shape[1:])].reshape(shape)}
-    if layer.bias is not None:
-        out[layer.bias] = matrix[:, -1].reshape(shapes[layer.bias])
-    return out
-
-
 def curvature_template(kind: str, shared: Template, layers: Sequence[Layer]) -> Template:
     """Expected arrays of a ``CURVATURE`` reply (name -> (shape, dtype)) for ``kind``."""
     dtype = next(iter(shared.values()))[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ArrayRecord
 
+from protocol.records import SHARED, numpy_to_record
 from strategies.base import FederatedStrategy, Reply
-from strategies.messages import SHARED, numpy_to_record
 
 
 def weighted_mean(

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
+from protocol.records import SHARED, numpy_to_record, record_to_numpy
 from strategies.base import FederatedStrategy, Reply
 from strategies.mean import weighted_mean
-from strategies.messages import SHARED, numpy_to_record, record_to_numpy
 
 CONTROL = "control"
 """ArrayRecord server -> client: the global control variate ``c`` (shared-block layout)."""

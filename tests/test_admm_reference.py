@@ -16,8 +16,8 @@ import pytest
 from flwr.app import MessageType
 
 from client_app.solvers.admm import PI
+from protocol.records import CONFIG, SHARED
 from server_app.inprocess import InProcessGrid
-from strategies.messages import CONFIG, SHARED
 from tasks import registry
 from tests.conftest import run_local
 from tests.lsq_task import LeastSquaresTask, exact_config, lsq_clients

@@ -25,9 +25,8 @@ from ivon import IVON
 from client_app.solvers.base import SolverInput
 from client_app.solvers.bayes import IVON_STATE, ivon, noise_seed
 from client_app.state import ClientState
-from server_app.config import ConfigError, validate_run_config
-from server_app.inprocess import InProcessGrid
-from strategies.bayes_admm import (
+from protocol.records import (
+    CONFIG,
     DUAL_MEAN,
     DUAL_PRECISION,
     GLOBAL_MEAN,
@@ -35,8 +34,10 @@ from strategies.bayes_admm import (
     MATRIX,
     MEAN,
     PRECISION,
+    SHARED,
 )
-from strategies.messages import CONFIG, SHARED
+from server_app.config import ConfigError, validate_run_config
+from server_app.inprocess import InProcessGrid
 from tasks import registry
 from tasks.materialize import Tensors, build_skeleton
 from tasks.metrics import expected_calibration_error

@@ -16,12 +16,12 @@ import pytest
 from flwr.app import MessageType
 
 from client_app.runtime import PERSONAL
-from tasks.materialize import build_skeleton
 from client_app.solvers.admm import PI
-from strategies.messages import CONFIG, SHARED
-from tasks import registry
-from tests.conftest import default_config, read_metrics, run_local
+from protocol.records import CONFIG, SHARED
 from server_app.inprocess import InProcessGrid
+from tasks import registry
+from tasks.materialize import build_skeleton
+from tests.conftest import default_config, read_metrics, run_local
 from tests.lsq_task import DIM_U, JointQuadraticTask, lsq_clients
 
 M = 4

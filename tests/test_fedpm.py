@@ -25,18 +25,12 @@ from torch import nn
 from client_app.solvers.base import SolverInput
 from client_app.solvers.preconditioned import _batches, foof_diagonal, foof_factor, foof_steps
 from client_app.state import ClientState
+from protocol.foof import foof_layers
+from protocol.records import CONFIG, CURVATURE, SHARED, TRIU
+from protocol.symmetric import pack_symmetric, unpack_symmetric
 from server_app.config import ConfigError, validate_run_config
 from server_app.suboptimality import optimum
-from strategies.fedpm import (
-    CURVATURE,
-    TRIU,
-    FedPMStrategy,
-    foof_layers,
-    pack_symmetric,
-    precondition_mix,
-    unpack_symmetric,
-)
-from strategies.messages import CONFIG, SHARED
+from strategies.fedpm import FedPMStrategy, precondition_mix
 from strategies.registry import ALGORITHMS
 from tasks import registry
 from tasks.data import ArrayData, TaskData

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType
 
-from strategies.admm import Z
-from strategies.messages import SHARED
+from protocol.records import SHARED, Z
 from tests.conftest import read_metrics, run_local
 
 Corrupt = Callable[[ArrayRecord], None]

@@ -16,8 +16,8 @@ import pytest
 from flwr.app import MessageType
 
 from client_app.solvers.scaffold import C_LOCAL
-from strategies.messages import CONFIG, SHARED
-from strategies.scaffold import CONTROL, ScaffoldStrategy
+from protocol.records import CONFIG, CONTROL, SHARED
+from strategies.scaffold import ScaffoldStrategy
 from tasks import registry
 from tests.conftest import default_config, read_metrics, run_local
 from tests.lsq_task import DIM, exact_config, lsq_clients

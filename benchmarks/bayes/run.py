@@ -34,9 +34,9 @@ from flwr.app import MessageType
 from torch import nn
 
 from client_app.app import app as client_app
+from protocol.records import CONFIG, SHARED
 from server_app.app import run_federation
 from server_app.inprocess import InProcessGrid
-from strategies.messages import CONFIG, SHARED
 from tasks import registry
 from tasks.base import DataOptions, Task
 from tasks.data import ArrayData, TaskData

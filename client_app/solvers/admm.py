@@ -30,7 +30,7 @@ from client_app.solvers.base import (
     local_sgd,
     sq_norm,
 )
-from strategies.admm import Z
+from protocol.records import Z
 
 PI = "pi"
 """State key of the multiplier ``π_i`` (shared-block shape)."""

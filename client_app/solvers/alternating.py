@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from client_app.solvers.admm import stage_epochs
 from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
-from strategies.messages import SHARED
+from protocol.records import SHARED
 
 
 def alternating(inp: SolverInput) -> SolverOutput:

@@ -40,7 +40,14 @@ from torch.func import grad, hessian
 
 from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
 from client_app.solvers.functional import sum_loss
-from strategies.bayes_admm import (
+from protocol.gaussian import (
+    Family,
+    floor_precision,
+    mean_from_natural,
+    precision_times,
+    sample_gaussian,
+)
+from protocol.records import (
     DUAL_MEAN,
     DUAL_PRECISION,
     FLOORED,
@@ -49,14 +56,8 @@ from strategies.bayes_admm import (
     MATRIX,
     MEAN,
     PRECISION,
-    Family,
-    flatten,
-    floor_precision,
-    mean_from_natural,
-    precision_times,
-    sample_gaussian,
-    unflatten,
 )
+from tasks.functional import flatten, unflatten
 
 IVON_STATE = "ivon"
 """State key of IVON's persistent buffers: ``momentum`` (flat) and ``step`` (one element)."""

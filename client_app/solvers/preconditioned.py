@@ -42,16 +42,10 @@ from torch.func import grad, hessian
 
 from client_app.solvers.base import SolverInput, SolverOutput
 from client_app.solvers.functional import flat_objective
-from strategies.fedpm import (
-    CURVATURE,
-    TRIU,
-    Layer,
-    foof_layers,
-    layer_matrix,
-    pack_symmetric,
-    split_layer_matrix,
-)
-from strategies.messages import SHARED, flatten, unflatten
+from protocol.foof import Layer, foof_layers, layer_matrix, split_layer_matrix
+from protocol.records import CURVATURE, SHARED, TRIU
+from protocol.symmetric import pack_symmetric
+from tasks.functional import flatten, unflatten
 
 Arrays = dict[str, torch.Tensor]
 

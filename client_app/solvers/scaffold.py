@@ -17,8 +17,7 @@ import math
 import torch
 
 from client_app.solvers.base import SolverInput, SolverOutput, local_sgd, sq_norm
-from strategies.messages import SHARED
-from strategies.scaffold import CONTROL, DELTA_CONTROL
+from protocol.records import CONTROL, DELTA_CONTROL, SHARED
 
 C_LOCAL = "control-local"
 """State key of the client control variate ``c_i`` (shared-block layout)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
-from strategies.messages import SHARED
+from protocol.records import SHARED
 
 
 def sgd(inp: SolverInput) -> SolverOutput:

@@ -1,7 +1,8 @@
-"""Names of the records every message carries, and conversions between records and tensors.
+"""Record and array names both sides agree on, and conversions between records and tensors.
 
-Arrays that belong to one aggregation rule (e.g. ADMM's ``"z"``) are named in that rule's
-module; the ones here are common to all rules.
+The one place where a message's layout is written down: the records every message carries, the
+records one rule family sends or expects (ADMM's ``z``, SCAFFOLD's control variates, FedPM's
+curvature, Bayesian ADMM's Gaussians), and the metric names the server reads.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from flwr.app import (
     MetricRecordValues,
 )
 
-from tasks.functional import flatten as flatten  # re-exported: a block's flat layout
-from tasks.functional import unflatten as unflatten
-
 SHARED = "shared"
 """ArrayRecord server -> client: the current shared block ``u`` (global model part)."""
 CONFIG = "config"
@@ -31,10 +29,42 @@ CONFIG = "config"
 METRICS = "metrics"
 """MetricRecord client -> server: ``num-examples``, ``partition-id`` and the solver's metrics."""
 STATE_SCOPE = "state-scope"
-"""Config value server -> client: the directory name of the client state mirror (the original
+"""Round value server -> client: the directory name of the client state mirror (the original
 run's name; a resumed run sends its checkpoint's)."""
+ROUND = "round"
+"""ConfigRecord server -> client: this message's per-round values (``protocol.round``)."""
 INFO_ACTION = "info"
 """Custom query action (``query.info``): the node reports its partition and data sizes."""
+
+
+# ----------------------------------------------------------------- rule-specific records
+Z = "z"
+"""ArrayRecord client -> server (consensus ADMM): ``z_i = u_i + π_i/ρ`` over the shared block."""
+CONTROL = "control"
+"""ArrayRecord server -> client (SCAFFOLD): the global control variate ``c`` (shared layout)."""
+DELTA_CONTROL = "delta-control"
+"""ArrayRecord client -> server (SCAFFOLD): ``Δc_i = c_i⁺ − c_i`` (shared-block layout)."""
+CURVATURE = "curvature"
+"""ArrayRecord client -> server (FedPM): the last damped local preconditioner (kind layout)."""
+TRIU = "hessian-triu"
+"""The one array of a ``hessian`` curvature record: the upper triangle of ``P_i`` (row-major)."""
+MEAN = "mean"
+"""ArrayRecord client -> server (Bayesian ADMM): the local posterior mean ``m_k``."""
+PRECISION = "precision"
+"""ArrayRecord client -> server (Bayesian ADMM): the local posterior precision ``S_k``."""
+DUAL_MEAN = "dual-mean"
+"""ArrayRecord client -> server (Bayesian ADMM): the dual ``v_k`` (shared-block layout)."""
+DUAL_PRECISION = "dual-precision"
+"""ArrayRecord client -> server (Bayesian ADMM): the dual ``V_k`` (family layout)."""
+GLOBAL_PRECISION = "global-precision"
+"""ArrayRecord server -> client: ``S_g`` (family layout; not sent for the isotropic family)."""
+GLOBAL_MEAN = "global-mean"
+"""ArrayRecord server -> client: ``m_g`` while ``SHARED`` is not ``m_g`` (round 1: the prior
+mean 0, while ``SHARED`` holds the initial weights that local training starts from)."""
+MATRIX = "matrix"
+"""The one array of a full-covariance precision record: ``d×d`` over the flattened block."""
+FLOORED = "precision-floored"
+"""Metric: precision entries (eigenvalues) raised to ``precision-floor`` in this round."""
 
 
 def to_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:

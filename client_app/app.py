@@ -10,18 +10,10 @@ from flwr.clientapp import ClientApp
 
 from client_app.runtime import PERSONAL, assemble_model, client_data, node_partition
 from client_app.solvers import SOLVERS
-from client_app.solvers.base import SolverInput
+from client_app.solvers.base import SavedState, SolverInput
 from client_app.state import ClientState
-from protocol.records import (
-    CONFIG,
-    INFO_ACTION,
-    METRICS,
-    SHARED,
-    STATE_SCOPE,
-    metric_record,
-    to_record,
-)
-from strategies.registry import ALGORITHMS
+from protocol.records import CONFIG, INFO_ACTION, METRICS, ROUND, SHARED, metric_record, to_record
+from protocol.round import RoundValues
 from tasks.materialize import resolve_device
 from tasks.registry import get_task
 
@@ -32,13 +24,18 @@ def _config(msg: Message) -> dict[str, Any]:
     return dict(msg.content.config_records[CONFIG])
 
 
-def _state(context: Context, config: dict[str, Any], pid: int, training: bool) -> ClientState:
+def _round(msg: Message) -> RoundValues:
+    return RoundValues.from_record(msg.content.config_records[ROUND])
+
+
+def _state(
+    context: Context, config: dict[str, Any], pid: int, rnd: RoundValues, training: bool
+) -> ClientState:
     """This message's view of the client state: node-config ``state-dir`` over the run
-    config's, the server's ``state-scope``, and the rounds the message may use.
+    config's, the server's state scope, and the rounds the message may use.
     """
     state_dir = str(context.node_config.get("state-dir", "") or config["state-dir"])
-    scope = str(config.get(STATE_SCOPE, ""))
-    return ClientState(context, pid, state_dir, scope, int(config["server-round"]), training)
+    return ClientState(context, pid, state_dir, rnd.state_scope, rnd.server_round, training)
 
 
 @app.query(INFO_ACTION)
@@ -58,15 +55,18 @@ def info(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Run this algorithm's local solver from ``u^t`` and the client state; reply its arrays."""
-    config = _config(msg)
+    """Run the round's local solver from ``u^t`` and the client state; store the state it
+    returns (and the personal block); reply its arrays.
+    """
+    config, rnd = _config(msg), _round(msg)
+    solver = SOLVERS[rnd.solver]
     pid, _ = node_partition(context)
     device = resolve_device(str(config["device"]))
-    state = _state(context, config, pid, training=True)
+    state = _state(context, config, pid, rnd, training=True)
     sk = assemble_model(config, msg.content.array_records[SHARED], state, device)
     dtype = next(sk.model.parameters()).dtype
     train_data, _ = client_data(config, context, device, dtype)
-    local_seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + pid
+    local_seed = int(config["seed"]) * 1_000_003 + rnd.server_round * 1_009 + pid
     generator = torch.Generator().manual_seed(local_seed)
     torch.manual_seed(local_seed)  # dropout and other global-RNG ops: same run, same draws
     u = {
@@ -74,12 +74,14 @@ def train(msg: Message, context: Context) -> Message:
         for k, a in msg.content.array_records[SHARED].items()
     }
     task = get_task(str(config["task"]))
-    solver = SOLVERS[ALGORITHMS[str(config["algorithm"])].solver]
     received = {
         name: {k: torch.as_tensor(a.numpy(), device=device) for k, a in record.items()}
         for name, record in msg.content.array_records.items()
         if name != SHARED
     }
+    missing = [name for name in solver.needs if name not in received]
+    if missing:
+        raise ValueError(f"solver {solver.name!r} needs record(s) {missing} in the train message")
     out = solver(
         SolverInput(
             task,
@@ -89,21 +91,18 @@ def train(msg: Message, context: Context) -> Message:
             u,
             train_data,
             config,
-            state,
+            rnd,
+            SavedState(state.groups),
             generator,
             received,
         )
     )
+    new_state = dict(out.state)
     if sk.personal:
-        state.put(
-            PERSONAL,
-            {
-                k: v.detach().clone()
-                for k, v in sk.model.state_dict().items()
-                if k in set(sk.personal)
-            },
-        )
-    state.commit(int(config["server-round"]))
+        values = sk.model.state_dict()
+        new_state[PERSONAL] = {k: values[k].detach().clone() for k in sk.personal}
+    state.replace(new_state)
+    state.commit(rnd.server_round)
     metrics = {"num-examples": len(train_data), "partition-id": pid, **out.metrics}
     records: dict[str, Any] = {k: to_record(v) for k, v in out.records.items()}
     return Message(RecordDict({**records, METRICS: metric_record(metrics)}), reply_to=msg)
@@ -112,13 +111,13 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Personalized evaluation: ``u`` plus this client's personal block on its local test split."""
-    config = _config(msg)
+    config, rnd = _config(msg), _round(msg)
     pid, _ = node_partition(context)
     device = resolve_device(str(config["device"]))
     sk = assemble_model(
         config,
         msg.content.array_records[SHARED],
-        _state(context, config, pid, training=False),
+        _state(context, config, pid, rnd, training=False),
         device,
     )
     dtype = next(sk.model.parameters()).dtype

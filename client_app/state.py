@@ -11,6 +11,12 @@ A train message of round ``r`` uses the newest state from a round ``< r``; an ev
 the newest from a round ``<= r``. When ``context.state`` does not hold such a state (a fresh
 SuperNode process, a new run after a server resume) it is loaded from disk and the restore is
 appended to ``restores.jsonl`` in that directory.
+
+The pieces: ``StateStore`` (where state lives: ``ContextStore`` in ``context.state``,
+``MirroredStore`` in ``context.state`` mirrored to a ``DiskMirror``), ``RoundGate`` (which
+rounds a message may use), ``RestoreLog`` (restores from disk) and ``ClientState``, the
+handler's view that ties them together. Solvers never see any of them: they get the groups
+and return new ones (``client_app.solvers.base``).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 from flwr.app import ConfigRecord, Context
@@ -69,12 +76,152 @@ def state_path(state_dir: str | Path, scope: str, partition_id: int) -> Path:
     return Path(state_dir) / scope / f"partition-{partition_id}"
 
 
+class StateStore(Protocol):
+    """Where one client's state groups live, by round."""
+
+    def load(self, max_round: int | None) -> tuple[int, Groups] | None:
+        """The newest stored ``(round, groups)`` with round ``<= max_round`` (None: any)."""
+        ...
+
+    def store(self, server_round: int, groups: Groups) -> None:
+        """Keep ``groups`` as round ``server_round``'s state."""
+        ...
+
+
+@dataclass(frozen=True)
+class RoundGate:
+    """A train message of round ``r`` may use state from rounds ``< r``, an evaluate message
+    from rounds ``<= r`` (None: whatever is held).
+    """
+
+    server_round: int | None
+    training: bool
+
+    @property
+    def max_round(self) -> int | None:
+        """The newest round this message may use."""
+        return None if self.server_round is None else self.server_round - int(self.training)
+
+
+class ContextStore:
+    """State in ``context.state`` (Flower keeps it with the node between messages)."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    def load(self, max_round: int | None) -> tuple[int, Groups] | None:
+        """The groups held, if their round is allowed."""
+        meta = self.context.state.config_records.get(META)
+        if meta is None:
+            return None
+        held = int(cast(int, meta["round"]))
+        if max_round is not None and held > max_round:
+            return None
+        groups = {
+            key: {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+            for key, record in self.context.state.array_records.items()
+        }
+        return held, groups
+
+    def store(self, server_round: int, groups: Groups) -> None:
+        """Replace every group in ``context.state``."""
+        for key in list(self.context.state.array_records):
+            del self.context.state[key]
+        for key, tensors in groups.items():
+            self.context.state[key] = to_record(tensors)
+        self.context.state[META] = ConfigRecord({"round": server_round})
+
+
+class RestoreLog:
+    """``restores.jsonl`` next to the round files: one line per restore from disk."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / RESTORES
+
+    def append(self, server_round: int | None, restored: int, file: Path, groups: Groups) -> None:
+        """Record that round ``restored``'s file was loaded for a message of ``server_round``."""
+        entry = {
+            "round": restored if server_round is None else server_round,
+            "restored-round": restored,
+            "file": file.name,
+            "digest": state_digest(groups),
+        }
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+
+class DiskMirror:
+    """Round files ``round-<r>.pt`` of one partition (atomic writes, newest ``KEEP`` kept)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def load(self, max_round: int | None) -> tuple[int, Groups] | None:
+        """The newest allowed round file's groups."""
+        files = {
+            r: p for r, p in round_files(self.dir).items() if max_round is None or r <= max_round
+        }
+        if not files:
+            return None
+        restored = max(files)
+        groups: Groups = torch.load(files[restored], map_location="cpu", weights_only=True)
+        return restored, groups
+
+    def file(self, server_round: int) -> Path:
+        """The path of round ``server_round``'s file."""
+        return self.dir / f"round-{server_round}.pt"
+
+    def store(self, server_round: int, groups: Groups) -> None:
+        """Write the round file atomically and prune older ones."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".round-{server_round}.pt.{os.getpid()}.tmp"
+        torch.save(groups, tmp)
+        tmp.replace(self.file(server_round))
+        files = round_files(self.dir)
+        for old in sorted(files)[:-KEEP]:
+            files[old].unlink(missing_ok=True)
+
+
+class MirroredStore:
+    """``context.state`` first; the disk mirror when it holds nothing usable (logged)."""
+
+    def __init__(self, memory: ContextStore, mirror: DiskMirror, server_round: int | None) -> None:
+        self.memory, self.mirror, self.server_round = memory, mirror, server_round
+        self.log = RestoreLog(mirror.dir)
+
+    def load(self, max_round: int | None) -> tuple[int, Groups] | None:
+        """From memory, else from disk (then kept in memory and logged)."""
+        held = self.memory.load(max_round)
+        if held is not None:
+            return held
+        found = self.mirror.load(max_round)
+        if found is None:
+            return None
+        restored, groups = found
+        self.memory.store(restored, groups)
+        self.log.append(self.server_round, restored, self.mirror.file(restored), groups)
+        log(
+            INFO,
+            "client state of %s restored from %s (round %d)",
+            self.mirror.dir.name,
+            self.mirror.file(restored),
+            restored,
+        )
+        return found
+
+    def store(self, server_round: int, groups: Groups) -> None:
+        """In memory and on disk."""
+        self.memory.store(server_round, groups)
+        self.mirror.store(server_round, groups)
+
+
 class ClientState:
-    """Named tensor groups of one client, stored in ``context.state`` (+ optional mirror).
+    """The handler's view of one client's state groups for one message.
 
     ``server_round`` is the round of the message being handled (None: accept whatever
     ``context.state`` holds); a ``training`` message may use state from rounds before it, an
-    evaluation message also the state of its own round.
+    evaluation message also the state of its own round. ``groups`` are loaded once; ``put``
+    stages changes that ``commit`` stores.
     """
 
     def __init__(
@@ -86,96 +233,42 @@ class ClientState:
         server_round: int | None = None,
         training: bool = True,
     ) -> None:
-        self.context = context
-        self.dir = (
-            state_path(state_dir, scope or f"run-{context.run_id}", partition_id)
+        memory = ContextStore(context)
+        self.store: StateStore = (
+            MirroredStore(
+                memory,
+                DiskMirror(state_path(state_dir, scope or f"run-{context.run_id}", partition_id)),
+                server_round,
+            )
             if state_dir
-            else None
+            else memory
         )
-        self.server_round = server_round
-        self.max_round = None if server_round is None else server_round - int(training)
-        self._synced = False
+        self.gate = RoundGate(server_round, training)
+        self._groups: Groups | None = None
 
     @property
-    def round(self) -> int | None:
-        """The round the groups in ``context.state`` belong to (None: never stored)."""
-        meta = self.context.state.config_records.get(META)
-        return None if meta is None else int(cast(int, meta["round"]))
-
-    def _sync(self) -> None:
-        """Make ``context.state`` hold the newest state this message may use."""
-        if self._synced:
-            return
-        self._synced = True
-        held = self.round
-        if held is not None and (self.max_round is None or held <= self.max_round):
-            return
-        for key in list(self.context.state.array_records):
-            del self.context.state[key]
-        if META in self.context.state:
-            del self.context.state[META]
-        if self.dir is not None:
-            self._restore(self.dir)
-
-    def _restore(self, directory: Path) -> None:
-        files = {
-            r: p
-            for r, p in round_files(directory).items()
-            if self.max_round is None or r <= self.max_round
-        }
-        if not files:
-            return
-        restored = max(files)
-        groups: Groups = torch.load(files[restored], map_location="cpu", weights_only=True)
-        for key, tensors in groups.items():
-            self.context.state[key] = to_record(tensors)
-        self.context.state[META] = ConfigRecord({"round": restored})
-        entry = {
-            "round": restored if self.server_round is None else self.server_round,
-            "restored-round": restored,
-            "file": files[restored].name,
-            "digest": state_digest(groups),
-        }
-        with (directory / RESTORES).open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        log(
-            INFO,
-            "client state of %s restored from %s (round %d)",
-            directory.name,
-            files[restored],
-            restored,
-        )
+    def groups(self) -> Groups:
+        """Every group this message may use (empty for a client that never stored any)."""
+        if self._groups is None:
+            found = self.store.load(self.gate.max_round)
+            self._groups = found[1] if found is not None else {}
+        return self._groups
 
     def get(self, key: str, device: torch.device) -> dict[str, torch.Tensor] | None:
-        """The group ``key``, or None if this client never stored it."""
-        self._sync()
-        if key not in self.context.state.array_records:
-            return None
-        record = self.context.state.array_records[key]
-        return {k: torch.as_tensor(v.numpy(), device=device) for k, v in record.items()}
+        """The group ``key`` on ``device``, or None if this client never stored it."""
+        group = self.groups.get(key)
+        return None if group is None else {k: v.to(device) for k, v in group.items()}
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Store the group ``key`` (replacing the previous one) in ``context.state``."""
-        self._sync()
-        self.context.state[key] = to_record(tensors)
+        """Stage group ``key`` (replacing the previous one)."""
+        self.groups[key] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+
+    def replace(self, groups: Groups) -> None:
+        """Stage exactly ``groups`` as the new state (groups not named are dropped)."""
+        self._groups = {}
+        for key, tensors in groups.items():
+            self.put(key, tensors)
 
     def commit(self, server_round: int) -> None:
-        """Mark the groups as round ``server_round``'s and, with a state dir, write them as
-        ``round-<r>.pt`` atomically, keeping the newest ``KEEP`` files.
-        """
-        self._sync()
-        self.context.state[META] = ConfigRecord({"round": server_round})
-        if self.dir is None:
-            return
-        groups = {
-            key: {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
-            for key, record in self.context.state.array_records.items()
-        }
-        self.dir.mkdir(parents=True, exist_ok=True)
-        target = self.dir / f"round-{server_round}.pt"
-        tmp = self.dir / f".round-{server_round}.pt.{os.getpid()}.tmp"
-        torch.save(groups, tmp)
-        tmp.replace(target)
-        files = round_files(self.dir)
-        for old in sorted(files)[:-KEEP]:
-            files[old].unlink(missing_ok=True)
+        """Store the staged groups as round ``server_round``'s state."""
+        self.store.store(server_round, self.groups)

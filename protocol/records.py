@@ -63,6 +63,8 @@ GLOBAL_MEAN = "global-mean"
 mean 0, while ``SHARED`` holds the initial weights that local training starts from)."""
 MATRIX = "matrix"
 """The one array of a full-covariance precision record: ``d×d`` over the flattened block."""
+BYTES_PER_CLIENT = "bytes-up-per-client"
+"""Round metric: mean payload bytes one client uploaded (its reply records as received)."""
 FLOORED = "precision-floored"
 """Metric: precision entries (eigenvalues) raised to ``precision-floor`` in this round."""
 

@@ -12,7 +12,8 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from protocol.records import config_record, record_to_numpy, to_record
+from methods.registry import METHODS
+from protocol.records import record_to_numpy, to_record
 from server_app.checkpoint import (
     drop_after,
     load_resume,
@@ -20,11 +21,10 @@ from server_app.checkpoint import (
     restore_rng,
     write_checkpoint,
 )
-from server_app.config import validate_run_config
+from server_app.config import ORIGINS, resolve
 from server_app.results import RunRecorder, resolve_run_dir
 from server_app.suboptimality import subopt_fn
 from strategies.base import EvaluateFn, FederationError, GlobalSampler, ResumePoint
-from strategies.registry import ALGORITHMS
 from tasks.federation import build_federation, federation_spec
 from tasks.materialize import as_tensors, build_skeleton, resolve_device
 from tasks.metrics import probabilistic_metrics
@@ -41,13 +41,13 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     """Validate ``run_config`` (before anything is sent), run every round, return the run dir."""
-    cfg = validate_run_config(run_config)
+    cfg, origins = resolve(run_config)
     ckpt = load_resume(cfg) if cfg["resume-from"] else None
     task = get_task(str(cfg["task"]))
     skeleton = build_skeleton(task, str(cfg["personalization"]), int(cfg["seed"]))
     initial = to_record({k: skeleton.init[k] for k in skeleton.shared})
-    strategy = ALGORITHMS[str(cfg["algorithm"])].aggregation(cfg)
-    strategy.timeout = float(cfg["round-timeout"])
+    method = METHODS[str(cfg["algorithm"])]
+    strategy = method.rule(cfg, method.solver.name)
     nodes = strategy.discover(grid)
     if ckpt is not None and ckpt.num_clients != len(nodes):
         raise FederationError(
@@ -72,6 +72,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
             "num-clients": len(nodes),
             "shared-parameters": skeleton.shared,
             "personal-parameters": skeleton.personal,
+            ORIGINS: origins,
             "flwr": flwr.__version__,
             "torch": torch.__version__,
         },
@@ -86,13 +87,9 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         write_checkpoint(recorder.dir, make_checkpoint(server_round, arrays, strategy, cfg))
 
-    strategy.start(
+    strategy.run(
         grid,
         initial,
-        num_rounds=int(cfg["num-server-rounds"]),
-        timeout=float(cfg["round-timeout"]),
-        train_config=config_record(cfg),
-        evaluate_config=config_record(cfg),
         evaluate_fn=evaluate_fn,
         on_round=recorder.record,
         on_checkpoint=checkpoint,

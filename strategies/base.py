@@ -1,9 +1,16 @@
-"""Shared mechanics of every aggregation rule: node discovery, seeded sampling, message
-layout, reply validation, byte accounting and the round loop.
+"""Shared mechanics of every aggregation rule: node discovery, seeded sampling, the client
+weighting policy, message layout, reply validation, byte accounting and the round loop.
 
 An aggregation rule subclasses ``FederatedStrategy`` and provides ``aggregate`` (and, if it
 keeps per-node state or sends per-node arrays, ``init_state`` / ``node_records``), in the
-spirit of Flower's own ``FedProx``: small subclasses over one well-tested base.
+spirit of Flower's own strategies: small subclasses over one well-tested base. It declares
+what it sends (``sends``, besides the shared block) and what every reply must carry
+(``reply_records``); ``methods.registry`` checks those against the paired solver.
+
+The base does not subclass Flower's ``Strategy``: Flower's ``start`` runs a fixed
+train/evaluate loop over ``grid.send_and_receive`` (a 3 s poll in deployment) with no node
+discovery, seeded partition sampling or checkpoints, and its hooks carry no current model;
+honouring its signatures would mean overriding all of them with different meanings.
 """
 
 from __future__ import annotations
@@ -17,22 +24,24 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Result
 
 from protocol.records import (
+    BYTES_PER_CLIENT,
     CONFIG,
     INFO_ACTION,
     METRICS,
+    ROUND,
     SHARED,
-    STATE_SCOPE,
     config_record,
     metric_record,
     record_nbytes,
     scalar,
 )
+from protocol.round import RoundValues
 from strategies.checkpointing import RuleState
 from strategies.exchange import exchange
 
@@ -94,7 +103,7 @@ class RoundLog:
     dropped: list[str] = field(default_factory=list)
 
 
-class FederatedStrategy(Strategy):
+class FederatedStrategy:
     """Base of every dualflower aggregation rule.
 
     Sampling is over *partitions* with the run's own seeded generator (Flower's node ids are
@@ -106,9 +115,13 @@ class FederatedStrategy(Strategy):
     """
 
     reply_records: tuple[str, ...] = (SHARED,)
+    sends: tuple[str, ...] = ()
+    """ArrayRecords a training message may carry besides ``SHARED`` (from ``node_records``)."""
 
-    def __init__(self, config: Mapping[str, Scalar]) -> None:
+    def __init__(self, config: Mapping[str, Scalar], solver: str = "") -> None:
         self.config = dict(config)
+        self.solver = solver
+        """The paired local solver's name, sent in every round record."""
         self.seed = int(config["seed"])
         self.fraction_train = float(config["fraction-train"])
         self.fraction_evaluate = float(config["fraction-evaluate"])
@@ -121,7 +134,7 @@ class FederatedStrategy(Strategy):
         self.round_log = RoundLog()
         self.state_scope = ""
         """Sent to clients as ``state-scope``: the directory of their state mirror."""
-        self._current = ArrayRecord()
+        self._config_record = config_record(self.config)
 
     # ----------------------------------------------------------------- discovery / sampling
     @property
@@ -306,27 +319,42 @@ class FederatedStrategy(Strategy):
         """Extra ArrayRecords for one node's training message (e.g. per-node arrays)."""
         return {}
 
-    def node_config(self, partition_id: int) -> dict[str, Scalar]:
-        """Extra per-node config values: by default the client weight ``alpha`` (§1.1)."""
-        n = sum(i.num_train for i in self.nodes.values())
-        weight = (
-            self.nodes[partition_id].num_train / n
-            if self.config["client-weighting"] == "examples"
-            else 1.0 / self.num_clients
-        )
-        return {"alpha": weight, "num-clients": self.num_clients}
-
-    def round_config(self, server_round: int) -> dict[str, Scalar]:
-        """Per-round config values: ``server-round`` and, with ``lr-schedule='cosine'``, the
-        round's ``lr = lr·½(1 + cos(π(t−1)/T))`` (cosine annealing over the ``T`` rounds, stepped
-        once per round as in the IVON-ADMM code, ALGORITHMS.md §2.5.3).
+    def client_weight(self, partition_id: int) -> float:
+        """The one client-weighting policy (§1.1): ``n_i`` (the training examples the node
+        reported at discovery) with ``client-weighting='examples'``, else 1 (unnormalised).
         """
-        out: dict[str, Scalar] = {"server-round": server_round, STATE_SCOPE: self.state_scope}
+        if self.config["client-weighting"] == "examples":
+            return float(self.nodes[partition_id].num_train)
+        return 1.0
+
+    def client_alpha(self, partition_id: int) -> float:
+        """``α_i = w_i / Σ_j w_j`` over all m clients (``1/m`` or ``n_i/n``)."""
+        if self.config["client-weighting"] == "examples":
+            n = sum(i.num_train for i in self.nodes.values())
+            return self.nodes[partition_id].num_train / n
+        return 1.0 / self.num_clients
+
+    def round_lr(self, server_round: int) -> float:
+        """The round's ``lr``: constant, or with ``lr-schedule='cosine'``
+        ``lr·½(1 + cos(π(t−1)/T))`` (cosine annealing over the ``T`` rounds, stepped once per
+        round as in the IVON-ADMM code, ALGORITHMS.md §2.5.3).
+        """
+        lr = float(self.config["lr"])
         if self.config.get("lr-schedule") == "cosine":
             total = int(self.config["num-server-rounds"])
-            decay = 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / total))
-            out["lr"] = float(self.config["lr"]) * decay
-        return out
+            return lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / total))
+        return lr
+
+    def round_values(self, server_round: int, partition_id: int) -> RoundValues:
+        """The ``ROUND`` record of one node's message."""
+        return RoundValues(
+            server_round,
+            self.solver,
+            self.round_lr(server_round),
+            self.client_alpha(partition_id),
+            self.num_clients,
+            self.state_scope,
+        )
 
     def reply_template(self, name: str) -> Template:
         """Expected arrays of reply record ``name``: by default those of the shared block.
@@ -336,8 +364,13 @@ class FederatedStrategy(Strategy):
         return self.shared_template
 
     def train_metrics(self, replies: list[Reply]) -> dict[str, float]:
-        """Round metrics from the valid training replies (rules may add their own)."""
-        return summarize_train_metrics(replies)
+        """Round metrics from the valid training replies (rules may add their own), with
+        ``bytes-up-per-client``: the mean payload the valid replies' senders uploaded.
+        """
+        return {
+            **summarize_train_metrics(replies),
+            BYTES_PER_CLIENT: self.round_log.bytes_up / max(len(replies), 1),
+        }
 
     def global_sampler(self) -> GlobalSampler | None:
         """Draws from the global distribution, for rules that keep one (None: a point model)."""
@@ -358,7 +391,7 @@ class FederatedStrategy(Strategy):
     ) -> ArrayRecord:
         """The new shared block ``u`` from this round's valid replies."""
 
-    # ----------------------------------------------------------------- Flower hooks
+    # ----------------------------------------------------------------- messages
     def summary(self) -> None:
         """Log the rule and its main settings."""
         log(
@@ -383,19 +416,18 @@ class FederatedStrategy(Strategy):
             group_id=str(server_round),
         )
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """One message per sampled partition: ``u``, the config and the rule's node records."""
+    def configure_train(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
+        """One message per sampled partition: ``u``, the rule's node records, the run config
+        and the node's round values.
+        """
         return [
             self._message(
                 pid,
                 {
                     SHARED: arrays,
                     **self.node_records(pid),
-                    CONFIG: config_record(
-                        {**self.config, **self.node_config(pid), **self.round_config(server_round)}
-                    ),
+                    CONFIG: self._config_record,
+                    ROUND: self.round_values(server_round, pid).to_record(),
                 },
                 MessageType.TRAIN,
                 server_round,
@@ -461,19 +493,17 @@ class FederatedStrategy(Strategy):
         return sorted(valid, key=lambda r: r.partition_id)  # arrival order must not matter
 
     def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
+        self, server_round: int, replies: Iterable[Message], current: ArrayRecord
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate the replies, apply the rule, and summarise the clients' training metrics."""
+        """Validate the replies, apply the rule to ``current``, summarise the training metrics."""
         valid = self.valid_replies(server_round, replies, "train")
         if not valid:
             log(WARNING, "round %d: no valid training reply; the model is unchanged", server_round)
             return None, None
-        arrays = self.aggregate(server_round, self._current, valid)
+        arrays = self.aggregate(server_round, current, valid)
         return arrays, metric_record(self.train_metrics(valid))
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Personalized evaluation: ``u`` and the config to a seeded sample of partitions."""
         if self.fraction_evaluate == 0.0:
             return []
@@ -482,9 +512,8 @@ class FederatedStrategy(Strategy):
                 pid,
                 {
                     SHARED: arrays,
-                    CONFIG: config_record(
-                        {**self.config, "server-round": server_round, STATE_SCOPE: self.state_scope}
-                    ),
+                    CONFIG: self._config_record,
+                    ROUND: self.round_values(server_round, pid).to_record(),
                 },
                 MessageType.EVALUATE,
                 server_round,
@@ -513,30 +542,24 @@ class FederatedStrategy(Strategy):
         return metric_record(weighted_means(valid, prefix="personal-")) if valid else None
 
     # ----------------------------------------------------------------- the loop
-    def start(  # type: ignore[override]
+    def run(
         self,
         grid: Grid,
         initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
         on_round: RoundCallback | None = None,
         on_checkpoint: CheckpointFn | None = None,
         resume: ResumePoint | None = None,
     ) -> Result:
-        """Discover the nodes, then run ``num_rounds`` of train -> aggregate -> evaluate.
+        """Discover the nodes, then run ``num-server-rounds`` of train -> aggregate -> evaluate.
 
-        Same hooks and order as Flower's ``Strategy.start``, plus node discovery before round 1
-        and one ``on_round(round, row)`` call per round (row: wall time, bytes, train and
-        evaluation metrics) instead of Flower's multi-line log. Before every round it waits
-        for ``min-available-nodes`` and admits restarted nodes (``rediscover``); a node that
-        does not answer within ``timeout`` counts as a dropped reply. After every round,
-        ``on_checkpoint(round, arrays)``. With ``resume`` the rule state is restored and the
-        loop continues after ``resume.round`` (no round-0 evaluation).
+        Before every round it waits for ``min-available-nodes`` and admits restarted nodes
+        (``rediscover``); a node that does not answer within ``round-timeout`` counts as a
+        dropped reply. One ``on_round(round, row)`` call per round (row: wall time, bytes,
+        train and evaluation metrics), then ``on_checkpoint(round, arrays)``. With ``resume``
+        the rule state is restored and the loop continues after ``resume.round`` (no round-0
+        evaluation).
         """
-        self.timeout = timeout
         if not self.nodes:
             self.discover(grid)
         self.shared_template = {k: (tuple(a.shape), a.dtype) for k, a in initial_arrays.items()}
@@ -546,21 +569,19 @@ class FederatedStrategy(Strategy):
             self.restore_state(resume.rule_state)
             arrays, first = resume.arrays, resume.round + 1
         self.summary()
-        train_config = train_config or config_record(self.config)
-        evaluate_config = evaluate_config or config_record(self.config)
+        timeout, num_rounds = self.timeout, int(self.config["num-server-rounds"])
         result = Result(arrays=arrays)
         if evaluate_fn is not None and on_round is not None and resume is None:
             on_round(0, {"wall-time": 0.0, **(evaluate_fn(0, arrays) or {})})
         for rnd in range(first, num_rounds + 1):
             t0 = time.monotonic()
             self.round_log = RoundLog()
-            self._current = arrays
             self.wait_for_nodes(grid)
             self.rediscover(grid, rnd)
-            train_msgs = list(self.configure_train(rnd, arrays, train_config, grid))
+            train_msgs = self.configure_train(rnd, arrays)
             replies = exchange(grid, train_msgs, timeout)
             self._note_missing(rnd, "train", train_msgs, replies)
-            new_arrays, train_metrics = self.aggregate_train(rnd, replies)
+            new_arrays, train_metrics = self.aggregate_train(rnd, replies, arrays)
             if new_arrays is not None:
                 arrays = new_arrays
                 result.arrays = arrays
@@ -568,7 +589,7 @@ class FederatedStrategy(Strategy):
             if train_metrics is not None:
                 result.train_metrics_clientapp[rnd] = train_metrics
                 row.update({k: float(v) for k, v in train_metrics.items()})  # type: ignore[arg-type]
-            eval_msgs = list(self.configure_evaluate(rnd, arrays, evaluate_config, grid))
+            eval_msgs = self.configure_evaluate(rnd, arrays)
             if eval_msgs:
                 eval_replies = exchange(grid, eval_msgs, timeout)
                 self._note_missing(rnd, "evaluate", eval_msgs, eval_replies)

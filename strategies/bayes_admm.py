@@ -123,9 +123,10 @@ class BayesADMMStrategy(FederatedStrategy):
 
     family: ClassVar[Family] = Family.DIAGONAL
     reply_records: tuple[str, ...] = (MEAN, PRECISION, DUAL_MEAN, DUAL_PRECISION)
+    sends: tuple[str, ...] = (GLOBAL_PRECISION, GLOBAL_MEAN)
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__(config)
+    def __init__(self, config: Mapping[str, Any], solver: str = "") -> None:
+        super().__init__(config, solver)
         self.prior_precision_value = float(config["prior-precision"])
         self.floor = float(config["precision-floor"])
         self.floored = 0

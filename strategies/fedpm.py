@@ -10,7 +10,7 @@ and replies its parameters ``θ_i`` (``SHARED``) and the preconditioner of its *
 
     θ^{t+1} = (Σ_{i∈S_t} w_i P_i)^{-1} Σ_{i∈S_t} w_i P_i θ_i,        w_i = 1 | n_i
 
-(``client-weighting`` = uniform | examples; §3.4 "client weighting"). Three curvature kinds:
+(``client-weighting`` = uniform | examples, the base's one policy; §3.4). Three curvature kinds:
 
 * ``hessian`` (§3.3): ``P_i = ∇²f_i + λI`` over the flattened shared block (record order), one
   symmetric ``d×d`` matrix sent as its upper triangle (``TRIU``, row-major, ``d(d+1)/2`` values);
@@ -28,7 +28,7 @@ and replies its parameters ``θ_i`` (``SHARED``) and the preconditioner of its *
 
 With ``K = 1`` the client's ``P_i^{-1}`` and the server's ``P_i`` cancel and one round is
 ``θ^t − η (Σ w_i P_i)^{-1} Σ w_i ∇f_i(θ^t)`` (§3.5; exact Hessians: the global Newton step, i.e.
-FedNL without compression). ``LocalNewtonStrategy`` is the simple-mixing baseline (§5).
+FedNL without compression). LocalNewton (§5) is the mean rule with the same local solver.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ from tasks.functional import flatten, unflatten
 
 KINDS = ("hessian", "foof", "diagonal")
 """Values of ``curvature``."""
-BYTES_PER_CLIENT = "bytes-up-per-client"
-"""Round metric: mean payload bytes one client uploaded (its reply records as received)."""
 
 Arrays = dict[str, torch.Tensor]
 
@@ -182,17 +180,6 @@ def check_fedpm(config: Mapping[str, Any], num_shared: int) -> str | None:
     return None
 
 
-def check_fednl(config: Mapping[str, Any], num_shared: int) -> str | None:
-    """Config rule of ``fednl``: the global Newton step is FedPM with K = 1, exact Hessians."""
-    if config["curvature"] != "hessian" or int(config["newton-steps"]) != 1:
-        return (
-            f"algorithm='fednl' is the exact global Newton step (FedPM with newton-steps=1, "
-            f"curvature='hessian'); got newton-steps={config['newton-steps']!r}, curvature="
-            f"{config['curvature']!r}; use algorithm='fedpm' for other settings"
-        )
-    return check_fedpm(config, num_shared)
-
-
 # ----------------------------------------------------------------------- the rules
 class FedPMStrategy(FederatedStrategy):
     """Server of FedPM: preconditioned mixing of the participants' ``(θ_i, P_i)`` (§3.2, §3.7).
@@ -202,8 +189,8 @@ class FedPMStrategy(FederatedStrategy):
 
     reply_records: tuple[str, ...] = (SHARED, CURVATURE)
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__(config)
+    def __init__(self, config: Mapping[str, Any], solver: str = "") -> None:
+        super().__init__(config, solver)
         self.kind = str(config["curvature"])
         self.layers: list[Layer] = []
 
@@ -230,10 +217,6 @@ class FedPMStrategy(FederatedStrategy):
             return curvature_template(self.kind, self.shared_template, self.layers)
         return self.shared_template
 
-    def client_weight(self, reply: Reply) -> float:
-        """``w_i``: ``n_i`` with ``client-weighting='examples'``, else 1."""
-        return float(reply.num_examples) if self.config["client-weighting"] == "examples" else 1.0
-
     def aggregate(
         self, server_round: int, current: ArrayRecord, replies: list[Reply]
     ) -> ArrayRecord:
@@ -241,39 +224,12 @@ class FedPMStrategy(FederatedStrategy):
         thetas = [{k: torch.from_numpy(v) for k, v in r.arrays[SHARED].items()} for r in replies]
         curvatures = [decode_curvature(self.kind, r.arrays[CURVATURE]) for r in replies]
         mixed = precondition_mix(
-            self.kind, thetas, curvatures, [self.client_weight(r) for r in replies], self.layers
+            self.kind,
+            thetas,
+            curvatures,
+            [self.client_weight(r.partition_id) for r in replies],
+            self.layers,
         )
         return numpy_to_record(
             {k: v.numpy().astype(self.shared_template[k][1]) for k, v in mixed.items()}
-        )
-
-    def train_metrics(self, replies: list[Reply]) -> dict[str, float]:
-        """Base metrics plus ``bytes-up-per-client`` (what the valid replies carried)."""
-        return {
-            **super().train_metrics(replies),
-            BYTES_PER_CLIENT: self.round_log.bytes_up / max(len(replies), 1),
-        }
-
-
-class LocalNewtonStrategy(FedPMStrategy):
-    """LocalNewton's server (§5): the simple (``client-weighting``) mean of the local results.
-
-    Clients take the same local preconditioned steps as FedPM but send only ``θ_i``; with
-    ``K = 1`` and exact Hessians this is ``θ − (η/N) Σ_i P_i^{-1} g_i`` (§3.1, the drift
-    FedPM removes).
-    """
-
-    reply_records = (SHARED,)
-
-    def aggregate(
-        self, server_round: int, current: ArrayRecord, replies: list[Reply]
-    ) -> ArrayRecord:
-        """``θ^{t+1} = Σ w_i θ_i / Σ w_i``."""
-        thetas = [{k: torch.from_numpy(v) for k, v in r.arrays[SHARED].items()} for r in replies]
-        w = [self.client_weight(r) for r in replies]
-        mean = precondition_mix(
-            "diagonal", thetas, [{k: torch.ones(()) for k in t} for t in thetas], w
-        )
-        return numpy_to_record(
-            {k: v.numpy().astype(self.shared_template[k][1]) for k, v in mean.items()}
         )

@@ -1,4 +1,4 @@
-"""Weighted mean of the replied shared blocks: FedAvg, FedProx, FedPer (§5)."""
+"""Weighted mean of the replied shared blocks: FedAvg, FedProx, FedPer, LocalNewton (§5)."""
 
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ def weighted_mean(
 
 
 class MeanStrategy(FederatedStrategy):
-    """``u^{t+1} = Σ_{i∈S} (n_i / n_S) u_i``: the sample-weighted mean of the participants."""
+    """``u^{t+1} = Σ_{i∈S} w_i u_i / Σ_{i∈S} w_i``: the weighted mean of the participants
+    (``w_i`` from ``client-weighting``: ``n_i`` for FedAvg's sample-weighted mean, or 1).
+    """
 
     reply_records = (SHARED,)
 
     def aggregate(
         self, server_round: int, current: ArrayRecord, replies: list[Reply]
     ) -> ArrayRecord:
-        """Sample-weighted mean of the replies' shared blocks."""
-        return numpy_to_record(
-            weighted_mean([r.arrays[SHARED] for r in replies], [r.num_examples for r in replies])
-        )
+        """Weighted mean of the replies' shared blocks."""
+        weights = [self.client_weight(r.partition_id) for r in replies]
+        return numpy_to_record(weighted_mean([r.arrays[SHARED] for r in replies], weights))

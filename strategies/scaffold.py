@@ -36,9 +36,10 @@ class ScaffoldStrategy(FederatedStrategy):
     """Server of SCAFFOLD: model step ``η_g · mean Δy`` and control step ``(|S|/N) mean Δc``."""
 
     reply_records = (SHARED, DELTA_CONTROL)
+    sends = (CONTROL,)
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__(config)
+    def __init__(self, config: Mapping[str, Any], solver: str = "") -> None:
+        super().__init__(config, solver)
         self.server_lr = float(config["server-lr"])
         self.c: dict[str, np.ndarray] = {}
 

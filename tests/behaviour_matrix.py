@@ -38,7 +38,6 @@ MATRIX: dict[str, dict[str, Any]] = {
         "gamma": 1e-3,
         "hess-init": 1e-3,
         "lr-schedule": "cosine",
-        "client-weighting": "examples",
     },
     "newton-admm-synthetic": {
         "algorithm": "newton-admm",

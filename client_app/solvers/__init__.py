@@ -1,24 +1,16 @@
-"""Local solvers by name (the ``solver`` of an algorithm preset)."""
+"""Local solvers by name: the ClientApp runs the one the server's round record names."""
 
-from client_app.solvers.admm import admm
-from client_app.solvers.alternating import alternating
+from client_app.solvers.admm import ADMM
+from client_app.solvers.alternating import ALTERNATING
 from client_app.solvers.base import Solver
-from client_app.solvers.bayes import isotropic, ivon, newton
-from client_app.solvers.preconditioned import fedpm, local_newton
-from client_app.solvers.scaffold import scaffold
-from client_app.solvers.sgd import prox_sgd, sgd
+from client_app.solvers.bayes import BAYES_SGD, IVON_ADMM, VON
+from client_app.solvers.preconditioned import FEDPM, LOCAL_NEWTON
+from client_app.solvers.scaffold import SCAFFOLD
+from client_app.solvers.sgd import PROX_SGD, SGD
 
 SOLVERS: dict[str, Solver] = {
-    "sgd": sgd,
-    "prox-sgd": prox_sgd,
-    "admm": admm,
-    "alternating": alternating,
-    "bayes-sgd": isotropic,
-    "von": newton,
-    "ivon": ivon,
-    "newton": fedpm,
-    "local-newton": local_newton,
-    "scaffold": scaffold,
+    s.name: s
+    for s in (SGD, PROX_SGD, ALTERNATING, ADMM, BAYES_SGD, VON, IVON_ADMM, FEDPM, LOCAL_NEWTON, SCAFFOLD)
 }
 
 __all__ = ["SOLVERS", "Solver"]

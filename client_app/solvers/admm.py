@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 
 from client_app.solvers.base import (
+    Groups,
+    Solver,
     SolverInput,
     SolverOutput,
     full_grad_sq_norm,
@@ -75,15 +77,22 @@ def admm(inp: SolverInput) -> SolverOutput:
 
     stop = accurate_enough if xi_level > 0 else None
     loss = local_sgd(inp, inp.shared, stage_epochs(inp, "shared-epochs"), lagrangian, stop)  # (b)
+    state: Groups = {}
     if xi_level > 0:
-        inp.state.put(XI, {"value": torch.tensor([xi_level * float(cfg["mu-xi"])])})
+        state[XI] = {"value": torch.tensor([xi_level * float(cfg["mu-xi"])])}
     u_i = inp.named(inp.shared)
     drift = {k: u_i[k] - inp.u[k] for k in inp.shared}
     pi = {k: pi[k] + rho * drift[k] for k in inp.shared}  # (c)
-    inp.state.put(PI, pi)
+    state[PI] = pi
     if cfg["warm-start"] == "local":
-        inp.state.put(U_LOCAL, u_i)
+        state[U_LOCAL] = u_i
     z = {k: u_i[k] + pi[k] / rho for k in inp.shared}  # (d)
     return SolverOutput(
-        {Z: z}, {"train-loss": loss, "dual-norm": sq_norm(pi), "drift-norm": sq_norm(drift)}
+        {Z: z},
+        {"train-loss": loss, "dual-norm": sq_norm(pi), "drift-norm": sq_norm(drift)},
+        state,
     )
+
+
+ADMM = Solver("admm", admm, returns=(Z,), keeps=(PI, U_LOCAL, XI))
+"""FedADMM / FedAPM client."""

@@ -10,7 +10,7 @@ personal block this is FedAvg. Stage epochs of 0 mean ``local-epochs``.
 from __future__ import annotations
 
 from client_app.solvers.admm import stage_epochs
-from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
+from client_app.solvers.base import Solver, SolverInput, SolverOutput, local_sgd
 from protocol.records import SHARED
 
 
@@ -20,3 +20,7 @@ def alternating(inp: SolverInput) -> SolverOutput:
         local_sgd(inp, inp.personal, stage_epochs(inp, "personal-epochs"))
     loss = local_sgd(inp, inp.shared, stage_epochs(inp, "shared-epochs"))
     return SolverOutput({SHARED: inp.named(inp.shared)}, {"train-loss": loss})
+
+
+ALTERNATING = Solver("alternating", alternating, returns=(SHARED,))
+"""FedAlt / FedRep client."""

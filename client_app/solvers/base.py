@@ -1,4 +1,9 @@
-"""What every local solver receives and returns, and the one minibatch SGD loop they share."""
+"""What every local solver receives and returns, its declaration, and the one SGD loop they share.
+
+A solver is a pure step over explicit state: ``Solver.step(SolverInput) -> SolverOutput``, where
+the input carries the client's saved state (read-only) and the output the complete new state.
+Only the ClientApp handler loads, stores and commits state (``client_app.state``).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from client_app.state import ClientState
+from protocol.round import RoundValues
 from tasks.base import Task
 from tasks.materialize import Tensors
 
+Groups = dict[str, dict[str, torch.Tensor]]
+"""Solver state: group name -> array name -> tensor."""
+
 ExtraGrad = Callable[[str, torch.Tensor], torch.Tensor | None]
 """Gradient of a solver's extra term (proximal, multiplier) for one named parameter."""
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """The client's state as the solver finds it: groups from its last round (read-only)."""
+
+    groups: Mapping[str, Mapping[str, torch.Tensor]] = field(default_factory=dict)
+
+    def get(self, key: str, device: torch.device) -> dict[str, torch.Tensor] | None:
+        """Copies of group ``key`` on ``device``, or None if the client never stored it."""
+        group = self.groups.get(key)
+        if group is None:
+            return None
+        return {k: v.to(device).clone() for k, v in group.items()}
 
 
 @dataclass
@@ -29,15 +51,21 @@ class SolverInput:
     u: dict[str, torch.Tensor]
     train: Tensors
     config: Mapping[str, Any]
-    state: ClientState
+    round: RoundValues
+    state: SavedState
     generator: torch.Generator
     received: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     """The message's other ArrayRecords (rule-specific, e.g. a global precision), on device."""
 
     @property
     def alpha(self) -> float:
-        """Client weight ``α_i`` in ``Σ_i α_i f_i`` (sent by the server)."""
-        return float(self.config["alpha"])
+        """Client weight ``α_i`` in ``Σ_i α_i f_i`` (sent by the server in the round record)."""
+        return self.round.weight
+
+    @property
+    def lr(self) -> float:
+        """This round's learning rate (``lr`` after ``lr-schedule``, sent by the server)."""
+        return self.round.lr
 
     def set_params(self, values: Mapping[str, torch.Tensor]) -> None:
         """Overwrite the named parameters in ``values`` (e.g. a warm start)."""
@@ -54,13 +82,32 @@ class SolverInput:
 
 @dataclass
 class SolverOutput:
-    """ArrayRecords to reply with (name -> tensors) and the client's metrics."""
+    """ArrayRecords to reply with (name -> tensors), the client's metrics and its new state
+    (every group the client keeps; groups not returned are dropped).
+    """
 
     records: dict[str, dict[str, torch.Tensor]]
     metrics: dict[str, float]
+    state: Groups = field(default_factory=dict)
 
 
-Solver = Callable[[SolverInput], SolverOutput]
+@dataclass(frozen=True)
+class Solver:
+    """A local solver and its message declaration, checked against the rule by the registry.
+
+    ``returns``: the ArrayRecords every reply carries; ``needs``: the records (besides the
+    shared block) it requires in the training message; ``keeps``: its state groups.
+    """
+
+    name: str
+    step: Callable[[SolverInput], SolverOutput]
+    returns: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    keeps: tuple[str, ...] = ()
+
+    def __call__(self, inp: SolverInput) -> SolverOutput:
+        """Run one client round."""
+        return self.step(inp)
 
 
 def local_sgd(
@@ -72,8 +119,9 @@ def local_sgd(
 ) -> float:
     """Minibatch SGD on ``f_i`` (+ the extra term) over parameters ``names`` only.
 
-    Uses the config's ``lr``, ``momentum``, ``weight-decay`` and ``batch-size``; the batch order
-    comes from ``inp.generator``. ``stop`` is asked after every epoch (an inexactness rule).
+    Uses the round's ``lr`` and the config's ``momentum``, ``weight-decay`` and ``batch-size``;
+    the batch order comes from ``inp.generator``. ``stop`` is asked after every epoch (an
+    inexactness rule).
     Returns the mean training loss of the last epoch.
     """
     model, cfg, data = inp.model, inp.config, inp.train
@@ -83,7 +131,7 @@ def local_sgd(
         p.requires_grad_(name in trainable)
     opt = torch.optim.SGD(
         [params[n] for n in names],
-        lr=float(cfg["lr"]),
+        lr=inp.lr,
         momentum=float(cfg["momentum"]),
         weight_decay=float(cfg["weight-decay"]),
     )

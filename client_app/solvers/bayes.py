@@ -38,7 +38,7 @@ from ivon import IVON
 from torch import nn
 from torch.func import grad, hessian
 
-from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
+from client_app.solvers.base import Groups, Solver, SolverInput, SolverOutput, local_sgd
 from client_app.solvers.functional import sum_loss
 from protocol.gaussian import (
     Family,
@@ -149,8 +149,7 @@ class GaussianRound:
             + precision_times(self.family, delta, mean)
         )
         self.dual_precision = self.dual_precision + step * delta
-        state = self.inp.state
-        state.put(DUAL_MEAN, self.named(self.dual_mean, torch.float64))
+        state: Groups = {DUAL_MEAN: self.named(self.dual_mean, torch.float64)}
         dtype = self.inp.u[self.inp.shared[0]].dtype
         records = {MEAN: self.named(mean), DUAL_MEAN: self.named(self.dual_mean)}
         metrics = {
@@ -160,11 +159,11 @@ class GaussianRound:
             FLOORED: float(self.floored),
         }
         if self.family is not Family.ISOTROPIC:
-            state.put(DUAL_PRECISION, self._precision_arrays(self.dual_precision, torch.float64))
+            state[DUAL_PRECISION] = self._precision_arrays(self.dual_precision, torch.float64)
             records[PRECISION] = self._precision_arrays(precision, dtype)
             records[DUAL_PRECISION] = self._precision_arrays(self.dual_precision, dtype)
             metrics["dual-precision-norm"] = float(self.dual_precision.norm())
-        return SolverOutput(records, metrics)
+        return SolverOutput(records, metrics, state)
 
 
 # ----------------------------------------------------------------------- bayes-admm (§2.3)
@@ -205,7 +204,7 @@ def newton(inp: SolverInput) -> SolverOutput:
     samples = int(cfg["mc-samples"])
     mean, precision = rnd.start.clone(), rnd.precision_g.clone()
     for it in range(int(cfg["local-epochs"])):
-        r = float(cfg["lr"]) / (1.0 + VON_DECAY * it)
+        r = inp.lr / (1.0 + VON_DECAY * it)
         points = (
             [mean]
             if samples == 0
@@ -370,7 +369,7 @@ def ivon(inp: SolverInput) -> SolverOutput:
     scale = rnd.tau / rnd.num_examples
     opt = IVONWithPrior(
         [params[n] for n in inp.shared],
-        lr=float(cfg["lr"]),
+        lr=inp.lr,
         ess=ess,
         prior_mean=rnd.mean_g.to(dtype),
         prior_precision=(rnd.precision_g / ess).to(dtype),
@@ -401,12 +400,33 @@ def ivon(inp: SolverInput) -> SolverOutput:
                 opt.step()
                 rnd.floored += opt.floor_curvature(floor)
             last = total / max(len(data), 1)
-    inp.state.put(
-        IVON_STATE,
-        {
-            "momentum": opt.param_groups[0]["momentum"].detach().clone(),
-            "step": torch.tensor([opt.current_step], dtype=torch.int64),
-        },
-    )
+    ivon_state = {
+        "momentum": opt.param_groups[0]["momentum"].detach().clone(),
+        "step": torch.tensor([opt.current_step], dtype=torch.int64),
+    }
     precision = rnd.precision_g + ess * opt.curvature.to(torch.float64)
-    return rnd.finish(flatten(inp.named(inp.shared)), precision, last)
+    out = rnd.finish(flatten(inp.named(inp.shared)), precision, last)
+    out.state[IVON_STATE] = ivon_state
+    return out
+
+
+BAYES_SGD = Solver(
+    "bayes-sgd", isotropic, returns=(MEAN, DUAL_MEAN), keeps=(DUAL_MEAN,)
+)
+"""Isotropic Bayesian ADMM client (local SGD)."""
+VON = Solver(
+    "von",
+    newton,
+    returns=(MEAN, PRECISION, DUAL_MEAN, DUAL_PRECISION),
+    needs=(GLOBAL_PRECISION,),
+    keeps=(DUAL_MEAN, DUAL_PRECISION),
+)
+"""Full-covariance Bayesian ADMM client (variational online Newton)."""
+IVON_ADMM = Solver(
+    "ivon",
+    ivon,
+    returns=(MEAN, PRECISION, DUAL_MEAN, DUAL_PRECISION),
+    needs=(GLOBAL_PRECISION,),
+    keeps=(DUAL_MEAN, DUAL_PRECISION, IVON_STATE),
+)
+"""IVON-ADMM client."""

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.func import grad, hessian
 
-from client_app.solvers.base import SolverInput, SolverOutput
+from client_app.solvers.base import Solver, SolverInput, SolverOutput
 from client_app.solvers.functional import flat_objective
 from protocol.foof import Layer, foof_layers, layer_matrix, split_layer_matrix
 from protocol.records import CURVATURE, SHARED, TRIU
@@ -175,7 +175,7 @@ def foof_steps(inp: SolverInput, diagonal: bool) -> tuple[Arrays, Arrays, float]
     ``Ā_l = A_l + λI`` per layer, or (diagonal) vectors in the shared block's layout.
     """
     cfg, model = inp.config, inp.model
-    eta, lam, lr = float(cfg["eta"]), float(cfg["damping"]), float(cfg["lr"])
+    eta, lam, lr = float(cfg["eta"]), float(cfg["damping"]), inp.lr
     ema, refresh = float(cfg["foof-ema"]), int(cfg["foof-refresh"])
     params = dict(model.named_parameters())
     layers = foof_layers(model, inp.shared)
@@ -269,3 +269,9 @@ def local_newton(inp: SolverInput) -> SolverOutput:
     theta, _, loss = local_steps(inp)
     drift = flatten(theta) - flatten(inp.u)
     return SolverOutput({SHARED: theta}, {"train-loss": loss, "drift-norm": float(drift.norm())})
+
+
+FEDPM = Solver("fedpm-newton", fedpm, returns=(SHARED, CURVATURE))
+"""FedPM / FedNL client: local preconditioned steps, reply θ_i and P_i."""
+LOCAL_NEWTON = Solver("local-newton", local_newton, returns=(SHARED,))
+"""LocalNewton client: the same steps, reply θ_i only."""

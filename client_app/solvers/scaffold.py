@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from client_app.solvers.base import SolverInput, SolverOutput, local_sgd, sq_norm
+from client_app.solvers.base import Solver, SolverInput, SolverOutput, local_sgd, sq_norm
 from protocol.records import CONTROL, DELTA_CONTROL, SHARED
 
 C_LOCAL = "control-local"
@@ -41,10 +41,17 @@ def scaffold(inp: SolverInput) -> SolverOutput:
     epochs = int(inp.config["local-epochs"])
     loss = local_sgd(inp, inp.shared + inp.personal, epochs, correction)
     y = inp.named(inp.shared)
-    scale = 1.0 / (local_steps(inp, epochs) * float(inp.config["lr"]))
+    scale = 1.0 / (local_steps(inp, epochs) * inp.lr)
     c_new = {k: c_i[k] - c[k] + scale * (x[k] - y[k]) for k in inp.shared}
-    inp.state.put(C_LOCAL, c_new)
     delta = {k: c_new[k] - c_i[k] for k in inp.shared}
     return SolverOutput(
-        {SHARED: y, DELTA_CONTROL: delta}, {"train-loss": loss, "control-norm": sq_norm(c_new)}
+        {SHARED: y, DELTA_CONTROL: delta},
+        {"train-loss": loss, "control-norm": sq_norm(c_new)},
+        {C_LOCAL: c_new},
     )
+
+
+SCAFFOLD = Solver(
+    "scaffold", scaffold, returns=(SHARED, DELTA_CONTROL), needs=(CONTROL,), keeps=(C_LOCAL,)
+)
+"""SCAFFOLD client."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from client_app.solvers.base import SolverInput, SolverOutput, local_sgd
+from client_app.solvers.base import Solver, SolverInput, SolverOutput, local_sgd
 from protocol.records import SHARED
 
 
@@ -29,3 +29,9 @@ def _train(inp: SolverInput, mu: float) -> SolverOutput:
         inp, inp.shared + inp.personal, int(inp.config["local-epochs"]), prox if mu else None
     )
     return SolverOutput({SHARED: inp.named(inp.shared)}, {"train-loss": loss})
+
+
+SGD = Solver("sgd", sgd, returns=(SHARED,))
+"""FedAvg / FedPer / FedSim client."""
+PROX_SGD = Solver("prox-sgd", prox_sgd, returns=(SHARED,))
+"""FedProx client."""

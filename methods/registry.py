@@ -1,0 +1,250 @@
+"""Every algorithm as one ``Method``: aggregation rule + local solver + hyper-parameters +
+personalization, with the preset values that make it the named algorithm.
+
+The registry checks each pairing when it is built: the solver must return exactly the records
+the rule expects, and need only records the rule sends. A new method is one rule module (if
+no existing rule fits), one solver module and one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from client_app.solvers import SOLVERS
+from client_app.solvers.base import Solver
+from methods.hyper import (
+    ADMMHyper,
+    AlternatingHyper,
+    BayesHyper,
+    FedAvgHyper,
+    FedProxHyper,
+    IVONHyper,
+    NewtonHyper,
+    ScaffoldHyper,
+)
+from protocol.params import Param, Scalar, params_of
+from strategies.admm import ConsensusADMMStrategy
+from strategies.base import FederatedStrategy
+from strategies.bayes_admm import (
+    DiagonalBayesADMM,
+    FullCovarianceBayesADMM,
+    IsotropicBayesADMM,
+    check_full_covariance,
+    check_sampling,
+)
+from strategies.fedpm import FedPMStrategy, check_fedpm
+from strategies.mean import MeanStrategy
+from strategies.scaffold import ScaffoldStrategy
+
+ConfigCheck = Callable[[Mapping[str, Any], int], str | None]
+"""``(resolved config, number of shared parameters)`` -> what is wrong, or None."""
+
+
+class MethodError(ValueError):
+    """A rule and a solver that do not fit together, or a preset of an undeclared key."""
+
+
+ANY_MODE = ("none", "input", "output", "split-input", "paper")
+PERSONAL_MODES = ("output", "input", "split-input", "paper")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One algorithm. ``personalization[0]`` is its default mode; ``presets`` are the values
+    it gives keys left at ``'auto'``; ``check`` an extra config rule (before round 1).
+    """
+
+    name: str
+    rule: type[FederatedStrategy]
+    solver: Solver
+    hyper: type
+    personalization: tuple[str, ...]
+    summary: str
+    presets: Mapping[str, Scalar] = field(default_factory=dict)
+    check: ConfigCheck | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a solver whose messages do not fit the rule, or presets of foreign keys."""
+        if SOLVERS.get(self.solver.name) is not self.solver:
+            raise MethodError(
+                f"method {self.name!r}: solver {self.solver.name!r} is not the one registered "
+                "in client_app.solvers.SOLVERS under that name (the client could not run it)"
+            )
+        if set(self.solver.returns) != set(self.rule.reply_records):
+            raise MethodError(
+                f"method {self.name!r}: solver {self.solver.name!r} returns records "
+                f"{list(self.solver.returns)} but rule {self.rule.__name__} expects "
+                f"{list(self.rule.reply_records)}; pair the rule with a solver that replies "
+                "what it aggregates"
+            )
+        unsent = set(self.solver.needs) - set(self.rule.sends)
+        if unsent:
+            raise MethodError(
+                f"method {self.name!r}: solver {self.solver.name!r} needs records "
+                f"{sorted(unsent)} that rule {self.rule.__name__} never sends "
+                f"(it sends {list(self.rule.sends)})"
+            )
+        foreign = sorted(set(self.presets) - set(self.params))
+        if foreign:
+            raise MethodError(
+                f"method {self.name!r} presets {foreign}, which are not among its "
+                f"hyper-parameters ({', '.join(self.params)})"
+            )
+
+    @property
+    def params(self) -> dict[str, Param]:
+        """The method's own keys (its hyper-parameter dataclass), by key."""
+        return params_of(self.hyper)
+
+    def value(self, key: str) -> Scalar:
+        """What ``'auto'`` means for ``key`` in this method: its preset, else the key's default."""
+        if key == "personalization":
+            return self.personalization[0]
+        if key in self.presets:
+            return self.presets[key]
+        return self.params[key].default
+
+
+EXAMPLES = {"client-weighting": "examples"}
+"""FedAvg's sample-weighted mean."""
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "fedavg",
+            MeanStrategy,
+            SOLVERS["sgd"],
+            FedAvgHyper,
+            ANY_MODE,
+            "FedAvg: local SGD, sample-weighted mean",
+            EXAMPLES,
+        ),
+        Method(
+            "fedprox",
+            MeanStrategy,
+            SOLVERS["prox-sgd"],
+            FedProxHyper,
+            ANY_MODE,
+            "FedProx: SGD + (mu/2)||u - u^t||^2, sample-weighted mean",
+            EXAMPLES,
+        ),
+        Method(
+            "fedper",
+            MeanStrategy,
+            SOLVERS["sgd"],
+            FedAvgHyper,
+            PERSONAL_MODES,
+            "FedPer: joint SGD on shared and personal blocks, mean of the shared block",
+            EXAMPLES,
+        ),
+        Method(
+            "fedsim",
+            MeanStrategy,
+            SOLVERS["sgd"],
+            FedAvgHyper,
+            PERSONAL_MODES,
+            "FedSim (Pillutla et al.): simultaneous personal+shared SGD (the FedPer update)",
+            EXAMPLES,
+        ),
+        Method(
+            "fedalt",
+            MeanStrategy,
+            SOLVERS["alternating"],
+            AlternatingHyper,
+            PERSONAL_MODES,
+            "FedAlt (Pillutla et al.): personal stage then shared stage, mean of shared",
+            EXAMPLES,
+        ),
+        Method(
+            "fedrep",
+            MeanStrategy,
+            SOLVERS["alternating"],
+            AlternatingHyper,
+            PERSONAL_MODES,
+            "FedRep (Collins et al.): many head epochs, then one representation epoch",
+            {**EXAMPLES, "personal-epochs": 5, "shared-epochs": 1},
+        ),
+        Method(
+            "fedadmm",
+            ConsensusADMMStrategy,
+            SOLVERS["admm"],
+            ADMMHyper,
+            ("none",),
+            "FedADMM (Gong et al.): augmented-Lagrangian local solve, mean of stale z_i",
+        ),
+        Method(
+            "fedapm",
+            ConsensusADMMStrategy,
+            SOLVERS["admm"],
+            ADMMHyper,
+            (*PERSONAL_MODES, "none"),
+            "FedAPM: personal stage (sigma), shared ADMM stage (rho, pi), mean of stale z_i",
+        ),
+        Method(
+            "bayes-admm",
+            IsotropicBayesADMM,
+            SOLVERS["bayes-sgd"],
+            BayesHyper,
+            ("none",),
+            "Bayesian ADMM, isotropic fixed precision (= consensus ADMM with a prior), local SGD",
+        ),
+        Method(
+            "newton-admm",
+            FullCovarianceBayesADMM,
+            SOLVERS["von"],
+            BayesHyper,
+            ("none",),
+            "Bayesian ADMM, full covariance: VON / closed form on quadratics (small models)",
+            check=check_full_covariance,
+        ),
+        Method(
+            "ivon-admm",
+            DiagonalBayesADMM,
+            SOLVERS["ivon"],
+            IVONHyper,
+            ("none",),
+            "IVON-ADMM: Bayesian ADMM with diagonal Gaussians, IVON with prior and duals",
+            check=check_sampling,
+        ),
+        Method(
+            "fedpm",
+            FedPMStrategy,
+            SOLVERS["fedpm-newton"],
+            NewtonHyper,
+            ("none",),
+            "FedPM (Ishii et al.): K local preconditioned steps, preconditioned mixing",
+            check=check_fedpm,
+        ),
+        Method(
+            "localnewton",
+            MeanStrategy,
+            SOLVERS["local-newton"],
+            NewtonHyper,
+            ("none",),
+            "LocalNewton: the FedPM local steps, (client-weighting) mean",
+            check=check_fedpm,
+        ),
+        Method(
+            "fednl",
+            FedPMStrategy,
+            SOLVERS["fedpm-newton"],
+            NewtonHyper,
+            ("none",),
+            "FedNL-style global Newton (no compression): fedpm with newton-steps=1, hessian",
+            {"newton-steps": 1, "curvature": "hessian"},
+            check_fedpm,
+        ),
+        Method(
+            "scaffold",
+            ScaffoldStrategy,
+            SOLVERS["scaffold"],
+            ScaffoldHyper,
+            ("none",),
+            "SCAFFOLD (Karimireddy et al.): SGD with control variates (option II), server-lr",
+        ),
+    )
+}
+"""The algorithms, by ``algorithm`` value."""

@@ -47,15 +47,20 @@ def _san(entry: str) -> x509.GeneralName:
     )
 
 
-def make_tls(out: Path, names: Iterable[str] = (), days: int = 365) -> dict[str, Path]:
+def make_tls(
+    out: Path, names: Iterable[str] = (), days: int = 365, ca_dir: Path | None = None
+) -> dict[str, Path]:
     """Create (or reuse) a CA in ``out`` and issue the SuperLink certificate for ``names``
     plus ``DEFAULT_NAMES``; one certificate serves the Fleet (9092) and HTTP (8000) ports.
+    ``ca_dir`` keeps ``ca.key`` apart from what the SuperLink mounts (default: ``out``).
 
     An existing CA is kept, so re-issuing the server certificate (a new SuperLink address)
     does not invalidate the ``ca.crt`` already copied to the SuperNodes; an existing server
     certificate is kept when it already covers ``names``, else re-issued for both name sets.
     """
     out.mkdir(parents=True, exist_ok=True)
+    ca_key_path = (ca_dir or out) / CA_KEY
+    ca_key_path.parent.mkdir(parents=True, exist_ok=True)
     alt_names = list(dict.fromkeys(_san(s) for s in [*DEFAULT_NAMES, *names]))
     paths = {"ca": out / CA_CERT, "cert": out / SERVER_CERT, "key": out / SERVER_KEY}
     if all(p.exists() for p in paths.values()):
@@ -66,14 +71,14 @@ def make_tls(out: Path, names: Iterable[str] = (), days: int = 365) -> dict[str,
         if set(alt_names) <= set(covered):
             return paths
         alt_names = list(dict.fromkeys([*covered, *alt_names]))
-    if (out / CA_KEY).exists() and (out / CA_CERT).exists():
-        loaded = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), password=None)
+    if ca_key_path.exists() and (out / CA_CERT).exists():
+        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
         if not isinstance(loaded, rsa.RSAPrivateKey):
-            raise ValueError(f"{out / CA_KEY} is not an RSA key; remove it to make a new CA")
+            raise ValueError(f"{ca_key_path} is not an RSA key; remove it to make a new CA")
         ca_key = loaded
         ca_cert = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
     else:
-        ca_key = _new_key(out / CA_KEY)
+        ca_key = _new_key(ca_key_path)
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dualflower-ca")])
         ca_cert = (
             _builder(ca_name, ca_key, days)
@@ -119,32 +124,38 @@ def _builder(subject: x509.Name, key: rsa.RSAPrivateKey, days: int) -> x509.Cert
     )
 
 
-def make_node_key(out: Path, name: str) -> tuple[Path, Path]:
+def make_node_key(out: Path, name: str, public_dir: Path | None = None) -> tuple[Path, Path]:
     """An ECDSA P-384 key pair for SuperNode authentication, in OpenSSH format
-    (``<name>`` private, ``<name>.pub`` to register with ``flwr supernode register``).
+    (``<name>`` private, ``<name>.pub`` to register with ``flwr supernode register``), in
+    ``out``; the public key also goes to ``public_dir`` when given (the private key then stays
+    where only its SuperNode reads it). Returns the private key and the registrable public key.
 
     An existing pair is kept: a node's key is its identity (and its node id) across restarts.
     """
     out.mkdir(parents=True, exist_ok=True)
     private, public = out / name, out / f"{name}.pub"
-    if private.exists() and public.exists():
-        return private, public
-    key = ec.generate_private_key(ec.SECP384R1())
-    _write(
-        private,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        ),
-        private=True,
-    )
-    _write(
-        public,
-        key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    if not (private.exists() and public.exists()):
+        key = ec.generate_private_key(ec.SECP384R1())
+        _write(
+            private,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.OpenSSH,
+                serialization.NoEncryption(),
+            ),
+            private=True,
         )
-        + b"\n",
-    )
-    return private, public
-
+        _write(
+            public,
+            key.public_key().public_bytes(
+                serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+            )
+            + b"\n",
+        )
+    if public_dir is None or public_dir.resolve() == out.resolve():
+        return private, public
+    public_dir.mkdir(parents=True, exist_ok=True)
+    shared = public_dir / public.name
+    if not shared.exists() or shared.read_bytes() != public.read_bytes():
+        _write(shared, public.read_bytes())
+    return private, shared

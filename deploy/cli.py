@@ -112,6 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs.add_argument(
         "--name", action="append", default=[], help="SAN entry: DNS:<host> or IP:<address>"
     )
+    certs.add_argument("--ca-dir", default="", help="directory for ca.key (default: --out)")
+    certs.add_argument(
+        "--node-key-dirs",
+        nargs="*",
+        default=[],
+        help="one directory per SuperNode for its private key (default: --keys)",
+    )
 
     def security(p: argparse.ArgumentParser) -> None:
         p.add_argument("--insecure", action="store_true", help="no TLS (local use only)")
@@ -152,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     submit.add_argument("--ca", default="", help="CA certificate (omit only with --insecure)")
     submit.add_argument("--insecure", action="store_true")
     submit.add_argument("--run-config", "-c", default="")
-    submit.add_argument("--flwr-home", default=".flwr-deploy")
+    submit.add_argument("--flwr-home", default="", help="default: <app>/.flwr-deploy")
 
     compose = sub.add_parser("compose", help="regenerate the docker compose files")
     compose.add_argument("--out", default="docker")
@@ -160,9 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "certs":
-        paths = make_tls(Path(args.out), args.name)
+        paths = make_tls(Path(args.out), args.name, ca_dir=Path(args.ca_dir or args.out))
+        keys = Path(args.keys or args.out)
+        if args.node_key_dirs and len(args.node_key_dirs) != args.nodes:
+            parser.error(f"--node-key-dirs needs {args.nodes} directories (one per SuperNode)")
         for index in range(1, args.nodes + 1):
-            make_node_key(Path(args.keys or args.out), node_name(index))
+            private = Path(args.node_key_dirs[index - 1]) if args.node_key_dirs else keys
+            make_node_key(private, node_name(index), public_dir=keys)
         print(f"dualflower-deploy: CA {paths['ca']}, SuperLink certificate {paths['cert']}")
         return 0
     if args.command == "superlink":
@@ -170,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, listen=args.listen, control_port=args.port, fleet_port=args.fleet_port
         )
         extra = ["--database", args.database] if args.database else []
+        if args.database:
+            Path(args.database).parent.mkdir(parents=True, exist_ok=True)
         return _exec("flower-superlink", [*superlink_command(layout), *extra])
     if args.command == "supernode":
         layout = _layout(
@@ -189,14 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "submit":
         if not args.ca and not args.insecure:
             parser.error("submit needs --ca <ca.crt> (or --insecure for a local SuperLink)")
-        env = write_connection(Path(args.flwr_home), args.superlink, args.ca or None)
-        cmd = ["flwr", "run", str(Path(args.app).resolve()), CONNECTION, "--stream"]
+        app = Path(args.app).resolve()
+        home = Path(args.flwr_home) if args.flwr_home else app / ".flwr-deploy"
+        env = write_connection(home, args.superlink, args.ca or None)
+        cmd = ["flwr", "run", str(app), CONNECTION, "--stream"]
         if args.run_config:
             cmd += ["--run-config", args.run_config]
         submitted = subprocess.run(cmd, env=env, check=False).returncode
+        if submitted != 0:
+            print(f"dualflower-deploy: submission failed (flwr run exited {submitted})")
+            return 1
         status = run_status(env, CONNECTION)
         print(f"dualflower-deploy: run status {status}")
-        return 0 if submitted == 0 and status.startswith("finished:completed") else 1
+        return 0 if status.startswith("finished:completed") else 1
     written = write_compose_files(Path(args.out), args.nodes)
     print("dualflower-deploy: wrote " + ", ".join(str(p) for p in written))
     return 0

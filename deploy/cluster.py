@@ -86,6 +86,20 @@ def superlink_command(layout: Layout) -> list[str]:
     return [*args, "--enable-supernode-auth"] if layout.auth else args
 
 
+def link_command(layout: Layout, database: str) -> list[str]:
+    """``dualflower-deploy superlink`` arguments (the compose SuperLink's entrypoint, which
+    execs ``superlink_command``): state in ``database`` (its folder is created), HTTP port on
+    ``layout.listen``, certificates from ``layout.certs`` unless insecure.
+    """
+    args = ["--listen", layout.listen, "--database", database]
+    if layout.isolation != "subprocess":
+        args += ["--isolation", layout.isolation]
+    if not layout.tls:
+        return ["--insecure", *args]
+    args += ["--certs", layout.certs]
+    return args if layout.auth else [*args, "--no-auth"]
+
+
 def supernode_command(
     layout: Layout, index: int, num_partitions: int, app_port: int = APP_PORT
 ) -> list[str]:
@@ -124,14 +138,18 @@ def superexec_command(layout: Layout, runtime_api: str) -> list[str]:
     return ["--insecure", "--runtime-api-address", runtime_api]
 
 
-def certs_command(layout: Layout, num_nodes: int, names: list[str]) -> list[str]:
-    """``python -m deploy`` arguments that make the CA, the SuperLink certificate for
-    ``names`` and one authentication key per SuperNode (idempotent).
+def certs_command(
+    layout: Layout, num_nodes: int, names: list[str], ca_dir: str, node_dirs: list[str]
+) -> list[str]:
+    """``python -m deploy`` arguments that make the CA (its key in ``ca_dir``), the SuperLink
+    certificate for ``names`` and one authentication key pair per SuperNode (private key in
+    ``node_dirs[i]``, public key in ``layout.keys``); idempotent.
     """
-    args = ["certs", "--out", layout.certs, "--keys", layout.keys, "--nodes", str(num_nodes)]
+    args = ["certs", "--out", layout.certs, "--ca-dir", ca_dir, "--keys", layout.keys]
+    args += ["--nodes", str(num_nodes)]
     for name in names:
         args += ["--name", name]
-    return args
+    return [*args, "--node-key-dirs", *node_dirs]
 
 
 def register_command(layout: Layout, num_nodes: int) -> list[str]:

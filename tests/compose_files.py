@@ -25,9 +25,12 @@ def compose_binary() -> str:
 
 
 def compose(
-    *args: str, files: tuple[str, ...] = ("compose.yaml",)
+    *args: str, files: tuple[str, ...] = ("compose.yaml",), env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``docker compose -f <files> <args>`` in docker/ (no engine needed for ``config``)."""
+    """Run ``docker compose -f <files> <args>`` in docker/ (no engine needed for ``config``);
+    ``env`` adds to (or, with empty values, unsets in) this process's environment.
+    """
+    environ = {**os.environ, **(env or {}), "DOCKER_CONFIG": str(DOCKER / ".docker-config")}
     flags = [a for f in files for a in ("-f", f)]
     return subprocess.run(
         [compose_binary(), *flags, *args],
@@ -35,13 +38,13 @@ def compose(
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "DOCKER_CONFIG": str(DOCKER / ".docker-config")},
+        env={k: v for k, v in environ.items() if v},
     )
 
 
-def merged(files: tuple[str, ...]) -> dict[str, Any]:
-    """The merged, normalised compose model of ``files``."""
-    result = compose("config", "--format", "json", files=files)
+def merged(files: tuple[str, ...], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The merged, normalised compose model of ``files`` (``env`` as for ``compose``)."""
+    result = compose("config", "--format", "json", files=files, env=env)
     assert result.returncode == 0, result.stderr
     model: dict[str, Any] = json.loads(result.stdout)
     return model

@@ -113,3 +113,45 @@ def test_submit_without_ca_or_insecure_is_refused(capsys: pytest.CaptureFixture[
 def test_register_without_keys_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="dualflower-deploy certs"):
         cli.register_keys({}, tmp_path, 1, wait=0)
+
+
+def test_certs_keep_ca_key_and_private_node_keys_apart(tmp_path: Path) -> None:
+    out, ca, keys = tmp_path / "certs", tmp_path / "ca", tmp_path / "keys"
+    nodes = [tmp_path / f"node-{i}" for i in (1, 2)]
+    argv = ["certs", "--out", str(out), "--ca-dir", str(ca), "--keys", str(keys), "--nodes", "2"]
+    assert cli.main([*argv, "--node-key-dirs", *map(str, nodes)]) == 0
+    assert (ca / "ca.key").exists() and not (out / "ca.key").exists()
+    assert sorted(p.name for p in keys.iterdir()) == ["supernode-1.pub", "supernode-2.pub"]
+    for i, node in enumerate(nodes, start=1):
+        assert sorted(p.name for p in node.iterdir()) == [f"supernode-{i}", f"supernode-{i}.pub"]
+        public = f"supernode-{i}.pub"
+        assert (node / public).read_text() == (keys / public).read_text()
+    before = (out / "server.pem").read_bytes()
+    assert cli.main([*argv, "--node-key-dirs", *map(str, nodes)]) == 0  # idempotent
+    assert (out / "server.pem").read_bytes() == before
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--node-key-dirs", str(nodes[0])])
+
+
+def test_superlink_database_folder_is_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cli.os, "execvpe", lambda _p, argv, _e: calls.append(argv))
+    cli.main(["superlink", "--insecure", "--database", str(tmp_path / "state" / "link.db")])
+    assert (tmp_path / "state").is_dir()
+    assert calls[0][calls[0].index("--database") + 1] == str(tmp_path / "state" / "link.db")
+
+
+def test_failed_submission_reports_no_run_status_and_writes_beside_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Done:
+        returncode = 1
+
+    monkeypatch.setattr(cli.subprocess, "run", lambda *_a, **_k: Done())
+    monkeypatch.setattr(cli, "run_status", lambda *_a: pytest.fail("status of another run"))
+    monkeypatch.chdir(tmp_path)
+    app = tmp_path / "app"
+    assert cli.main(["submit", str(app), "--superlink", "127.0.0.1:8000", "--insecure"]) == 1
+    assert "submission failed" in capsys.readouterr().out
+    assert (app / ".flwr-deploy" / "config.toml").exists()
+    assert not (tmp_path / ".flwr-deploy").exists()

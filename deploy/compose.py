@@ -68,7 +68,8 @@ HEADER = (
 )
 INSECURE = Layout(tls=False, auth=False)
 SECURE = Layout()
-CERT_NAMES = ["DNS:superlink"]
+CERT_NAMES = ["${DUALFLOWER_CERT_NAME:-DNS:superlink}"]
+"""SuperNodes elsewhere dial the docker host: ``DUALFLOWER_CERT_NAME=IP:<address>`` on ``up``."""
 DATABASE = f"{INSECURE.state}/superlink.db"
 CA_DIR = "/app/ca"
 NODE_KEYS = "/app/node-keys"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -36,9 +37,9 @@ from deploy.cluster import (
     supernode_command,
 )
 from deploy.compose import write_compose_files
-from server_app.launch import run_status
 
 CONNECTION = "dualflower"
+STARTED = re.compile(r"Successfully started run (\d+)")
 
 
 def write_connection(home: Path, address: str, ca: str | None) -> dict[str, str]:
@@ -81,6 +82,53 @@ def register_keys(env: dict[str, str], keys: Path, num_nodes: int, wait: float) 
                 raise RuntimeError(f"could not register {public}: {message}")
             time.sleep(1.0)
     return done
+
+
+def run_status(env: dict[str, str], run_id: int) -> str:
+    """Status of run ``run_id`` (e.g. ``finished:completed``); '' when the SuperLink does not
+    answer.
+    """
+    out = subprocess.run(
+        ["flwr", "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    reply = json.loads(out[out.index("{") :]) if "{" in out else {}
+    runs = reply.get("runs", [])
+    if not runs:
+        return ""
+    return f"{runs[0]['status']} {runs[0].get('status-details', '')}".strip()
+
+
+def submit_run(env: dict[str, str], command: list[str], wait: float) -> str:
+    """Run ``flwr run --stream`` (its output passed through) and return the final status of
+    the run it started ('' when none started). A log stream that breaks while the run goes on
+    is re-attached (``flwr log``); the run counts as lost once the SuperLink has not answered
+    for ``wait`` seconds.
+    """
+    run_id = None
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            started = STARTED.search(line)
+            run_id = int(started.group(1)) if started and run_id is None else run_id
+    if run_id is None:
+        return ""
+    silent_since = None
+    while not (status := run_status(env, run_id)).startswith("finished"):
+        if status:
+            silent_since = None
+            subprocess.run(["flwr", "log", str(run_id), CONNECTION], env=env, check=False)
+            time.sleep(1.0)
+            continue
+        silent_since = silent_since or time.monotonic()
+        if time.monotonic() - silent_since > wait:
+            return f"unknown: the SuperLink did not answer for {wait:.0f} s"
+        time.sleep(2.0)
+    return status
 
 
 def _layout(args: argparse.Namespace, **extra: Any) -> Layout:
@@ -160,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     submit.add_argument("--insecure", action="store_true")
     submit.add_argument("--run-config", "-c", default="")
     submit.add_argument("--flwr-home", default="", help="default: <app>/.flwr-deploy")
+    submit.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for an unreachable SuperLink"
+    )
 
     compose = sub.add_parser("compose", help="regenerate the docker compose files")
     compose.add_argument("--out", default="docker")
@@ -208,11 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream"]
         if args.run_config:
             cmd += ["--run-config", args.run_config]
-        submitted = subprocess.run(cmd, env=env, check=False).returncode
-        if submitted != 0:
-            print(f"dualflower-deploy: submission failed (flwr run exited {submitted})")
+        status = submit_run(env, cmd, args.wait)
+        if not status:
+            print("dualflower-deploy: submission failed (no run was started)")
             return 1
-        status = run_status(env, CONNECTION)
         print(f"dualflower-deploy: run status {status}")
         return 0 if status.startswith("finished:completed") else 1
     written = write_compose_files(Path(args.out), args.nodes)

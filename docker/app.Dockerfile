@@ -16,6 +16,7 @@
 # rebuilds only the last layer (seconds, no network).
 ARG BASE_IMAGE=flwr/supernode:1.39.0-py3.11-ubuntu24.04
 FROM ${BASE_IMAGE}
+LABEL dualflower.image=app
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=
 ARG TORCHVISION_VERSION=

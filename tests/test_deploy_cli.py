@@ -144,14 +144,31 @@ def test_superlink_database_folder_is_made(tmp_path: Path, monkeypatch: pytest.M
 def test_failed_submission_reports_no_run_status_and_writes_beside_the_app(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    class Done:
-        returncode = 1
-
-    monkeypatch.setattr(cli.subprocess, "run", lambda *_a, **_k: Done())
-    monkeypatch.setattr(cli, "run_status", lambda *_a: pytest.fail("status of another run"))
+    monkeypatch.setattr(cli, "submit_run", lambda *_a: "")
     monkeypatch.chdir(tmp_path)
     app = tmp_path / "app"
     assert cli.main(["submit", str(app), "--superlink", "127.0.0.1:8000", "--insecure"]) == 1
     assert "submission failed" in capsys.readouterr().out
     assert (app / ".flwr-deploy" / "config.toml").exists()
     assert not (tmp_path / ".flwr-deploy").exists()
+
+
+def test_a_broken_log_stream_is_reattached_until_the_run_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "calls"
+    fake = tmp_path / "flwr"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {calls}\n'
+        'case "$1" in\n'
+        '  run) echo "Successfully started run 7"; exit 1;;\n'
+        f'  ls) if grep -q "^log" {calls}; then s=finished:completed; else s=running; fi\n'
+        '      echo "{\\"runs\\": [{\\"run-id\\": 7, \\"status\\": \\"$s\\"}]}";;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    env = {**cli.os.environ, "PATH": f"{tmp_path}:{cli.os.environ['PATH']}"}
+    monkeypatch.setattr(cli.time, "sleep", lambda _s: None)
+    assert cli.submit_run(env, ["flwr", "run", "."], wait=1) == "finished:completed"
+    assert [c.split()[0] for c in calls.read_text().splitlines()] == ["run", "ls", "log", "ls"]

@@ -67,7 +67,7 @@ SNAPSHOT_IGNORE = shutil.ignore_patterns(
     ".git", "__pycache__", "*.egg-info", ".*_cache", ".flwr*", ".docker-config", "outputs", "data",
     "certs", "keys",
 )
-TRAIN = "num-server-rounds=2 local-epochs=1 batch-size=32 min-available-nodes=3"
+TRAIN = "local-epochs=1 batch-size=32 min-available-nodes=3"
 
 
 def sh(*argv: str, timeout: float = 600, **kw: Any) -> str:
@@ -77,6 +77,15 @@ def sh(*argv: str, timeout: float = 600, **kw: Any) -> str:
     )
     assert result.returncode == 0, f"{argv}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+def prune() -> list[str]:
+    """Remove untagged leftovers of the app and stand-in images; return what is left."""
+    left = []
+    for label in ("dualflower.image", LABEL):
+        sh("docker", "image", "prune", "-f", "--filter", f"label={label}")
+        left += sh("docker", "images", "-q", "-f", "dangling=true", "-f", f"label={label}").split()
+    return left
 
 
 def digest(*parts: bytes | str) -> str:
@@ -152,6 +161,7 @@ class Cluster:
     app: Path
     env: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
 
     @property
     def docker(self) -> Path:
@@ -166,11 +176,16 @@ class Cluster:
         )
 
     def up(self, files: tuple[str, ...]) -> None:
-        """The README's ``up -d --build --wait``, then prune untagged leftovers."""
+        """The README's ``up -d --build --wait`` (unless ``files`` are up already), then prune
+        untagged leftovers.
+        """
+        if files == self.files:
+            return
+        self.files = files
         start = time.monotonic()
         self.compose("up", "-d", "--build", "--wait", files=files)
         self.timings[f"up {'+'.join(files)}"] = time.monotonic() - start
-        sh("docker", "image", "prune", "-f")
+        prune()
 
     def submit(self, run_config: str, tls: bool) -> subprocess.Popen[str]:
         """The README's ``dualflower-deploy submit .. --superlink 127.0.0.1:8000 ...``."""
@@ -312,7 +327,7 @@ def build_standin(work: Path, find_links: str) -> None:
         STANDIN,
         str(empty),
     )
-    sh("docker", "image", "prune", "-f")
+    prune()
 
 
 def wait_port(port: int, limit: float = 20) -> None:
@@ -408,9 +423,8 @@ def simulate(cluster: Cluster, out: Path, run_config: str) -> list[dict[str, Any
 
 def test_insecure_fedavg_equals_the_simulation_engine(cluster: Cluster, tmp_path: Path) -> None:
     cluster.up(("compose.yaml",))
-    images = sh("docker", "images", "-q", "--filter", "dangling=true").split()
-    assert not images, f"untagged leftovers: {images}"
-    run = f"algorithm='fedavg' {TRAIN}"
+    assert not prune(), "untagged leftovers"
+    run = f"algorithm='fedavg' num-server-rounds=2 {TRAIN}"
     start = time.monotonic()
     code, out = finish(cluster.submit(f"{run} run-name='avg'", tls=False))
     cluster.timings["fedavg 2 rounds"] = time.monotonic() - start
@@ -422,7 +436,8 @@ def test_insecure_fedavg_equals_the_simulation_engine(cluster: Cluster, tmp_path
 
 
 def test_supernode_killed_mid_run_is_restarted_and_restores_its_state(cluster: Cluster) -> None:
-    run = f"algorithm='fedapm' {TRAIN} num-server-rounds=3 round-timeout=30.0 run-name='kill'"
+    cluster.up(("compose.yaml",))
+    run = f"algorithm='fedapm' num-server-rounds=3 {TRAIN} round-timeout=120.0 run-name='kill'"
     proc = cluster.submit(run, tls=False)
     wait_rounds(cluster, "kill", 1, proc)
     time.sleep(1.0)  # round 2 under way
@@ -454,7 +469,7 @@ def test_tls_fedapm_survives_a_superlink_crash_and_resumes_to_the_same_metrics(
 ) -> None:
     files = ("compose.yaml", "with-tls.yaml")
     cluster.up(files)
-    run = f"algorithm='fedapm' {TRAIN} round-timeout=60.0"
+    run = f"algorithm='fedapm' num-server-rounds=2 {TRAIN}"
     start = time.monotonic()
     code, out = finish(cluster.submit(f"{run} run-name='tls'", tls=True))
     cluster.timings["fedapm tls 2 rounds"] = time.monotonic() - start

@@ -110,7 +110,9 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Personalized evaluation: ``u`` plus this client's personal block on its local test split."""
+    """Personalized evaluation on the local test split: ``u`` plus this client's personal
+    block, overlaid with the state group the round's solver evaluates (``Solver.evaluates``).
+    """
     config, rnd = _config(msg), _round(msg)
     pid, _ = node_partition(context)
     device = resolve_device(str(config["device"]))
@@ -119,6 +121,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         msg.content.array_records[SHARED],
         _state(context, config, pid, rnd, training=False),
         device,
+        overlay=SOLVERS[rnd.solver].evaluates,
     )
     dtype = next(sk.model.parameters()).dtype
     _, test = client_data(config, context, device, dtype)

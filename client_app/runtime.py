@@ -124,12 +124,19 @@ def _skeleton(task_name: str, personalization: str, seed: int, device: torch.dev
 
 
 def assemble_model(
-    config: Mapping[str, Any], u: ArrayRecord, state: ClientState, device: torch.device
+    config: Mapping[str, Any],
+    u: ArrayRecord,
+    state: ClientState,
+    device: torch.device,
+    overlay: str = "",
 ) -> Skeleton:
-    """The client's current model: shared block from ``u``, personal block from state.
+    """The client's current model: shared block from ``u``, personal block from state, then
+    the values of state group ``overlay`` if given and stored (a solver's evaluation model,
+    ``Solver.evaluates``, e.g. Ditto's personal model).
 
-    A client that never trained starts its personal block at the common initialisation.
-    Raises ValueError if ``u`` does not hold exactly the shared parameters.
+    A client that never trained starts its personal block at the common initialisation (and
+    has no ``overlay`` group yet). Raises ValueError if ``u`` does not hold exactly the shared
+    parameters.
     """
     sk = _skeleton(str(config["task"]), str(config["personalization"]), int(config["seed"]), device)
     if list(u.keys()) != sk.shared:
@@ -142,5 +149,7 @@ def assemble_model(
     values.update({k: torch.as_tensor(a.numpy(), device=device) for k, a in u.items()})
     if sk.personal:
         values.update(state.get(PERSONAL, device) or {})
+    if overlay:
+        values.update(state.get(overlay, device) or {})
     sk.model.load_state_dict(values)
     return sk

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.params import choice, field, flag, num, text
+from protocol.params import Param, choice, field, flag, num, text
 from tasks.data import PARTITIONERS
 from tasks.personalization import MODES
 from tasks.registry import TASKS
@@ -23,6 +23,29 @@ BATCH_SIZE = num("batch-size", int, 16, 1, doc="minibatch size")
 """Shared by SGD solvers and the FedPM family's minibatch statistics."""
 
 
+def _algorithms() -> list[str]:
+    from methods.registry import METHODS  # the registry imports this module
+
+    return list(METHODS)
+
+
+MAX_NAME = 200
+"""Longest ``run-name`` / state scope (a directory name; file systems allow 255 bytes)."""
+
+
+def is_path_component(value: str) -> bool:
+    r"""Whether ``value`` names one directory inside its parent: non-empty, at most
+    ``MAX_NAME`` characters, not ``.`` or ``..``, without ``/``, ``\`` or control characters.
+    ``run-name`` and a checkpoint's state scope must be one, so that nothing is written
+    outside ``output-dir`` / ``state-dir``.
+    """
+    return (
+        0 < len(value) <= MAX_NAME
+        and value not in (".", "..")
+        and all(c not in "/\\" and c.isprintable() for c in value)
+    )
+
+
 def _resume_ok(value: object) -> bool:
     return not value or Path(str(value)).expanduser().exists()
 
@@ -31,7 +54,17 @@ def _resume_ok(value: object) -> bool:
 class RunConfig:
     """Keys of every run, whatever the method: federation, data, sampling, outputs, devices."""
 
-    algorithm: str = field(text("algorithm", "fedapm", "a registered algorithm", "the method"))
+    algorithm: str = field(
+        Param(
+            "algorithm",
+            str,
+            "fedapm",
+            lambda v: v in _algorithms(),
+            lambda: "one of " + ", ".join(map(repr, _algorithms())),
+            "the method",
+            ("no-such-algorithm", 3),
+        )
+    )
     task: str = field(choice("task", "digits", TASKS, "dataset and model"))
     num_server_rounds: int = field(num("num-server-rounds", int, 20, 1, doc="rounds"))
     fraction_train: float = field(
@@ -69,7 +102,15 @@ class RunConfig:
         )
     )
     run_name: str = field(
-        text("run-name", "", "a name ('' = algorithm-task-seed-time)", "run directory name")
+        text(
+            "run-name",
+            "",
+            f"'' (algorithm-task-seed-time) or one directory name of at most {MAX_NAME} "
+            "characters: not '.' or '..', no '/', '\\' or control characters",
+            "run directory name",
+            lambda v: v == "" or is_path_component(v),
+            ("../../escaped", "/tmp/escaped", "a/b", "..", 3),
+        )
     )
     round_timeout: float = field(
         num("round-timeout", float, 600.0, 0.0, doc="seconds to wait for replies", low_open=True)
@@ -124,10 +165,16 @@ class Weighted:
 
 
 @dataclass(frozen=True)
-class Stages:
-    """Personal stage, then shared stage (FedAlt / FedRep / FedAPM); 0 = ``local-epochs``."""
+class PersonalStage:
+    """A personal stage's epochs (FedAlt / FedRep / FedAPM, Ditto's ``v_i``); 0 = local-epochs."""
 
     personal_epochs: int = field(num("personal-epochs", int, 0, 0, doc="personal-stage epochs"))
+
+
+@dataclass(frozen=True)
+class Stages(PersonalStage):
+    """Personal stage, then shared stage (FedAlt / FedRep / FedAPM); 0 = ``local-epochs``."""
+
     shared_epochs: int = field(num("shared-epochs", int, 0, 0, doc="shared-stage epochs"))
 
 
@@ -221,4 +268,24 @@ class ScaffoldHyper(LocalSGD):
 
     server_lr: float = field(
         num("server-lr", float, 1.0, 0.0, doc="global step η_g", low_open=True)
+    )
+
+
+@dataclass(frozen=True)
+class DittoHyper(FedAvgHyper, PersonalStage):
+    """Ditto (Li et al. 2021, Eq. 2): FedAvg for ``w``; personal ``v_i`` by SGD on
+    ``F_i(v) + (λ/2)||v − w^t||²`` for ``personal-epochs``.
+    """
+
+    ditto_lambda: float = field(
+        num("ditto-lambda", float, 0.1, 0.0, doc="Ditto's λ: pull of v_i towards w^t")
+    )
+
+
+@dataclass(frozen=True)
+class FedDynHyper(LocalSGD):
+    """FedDyn (Acar et al. 2021, Algorithm 1): local SGD on the dynamically regularised loss."""
+
+    alpha: float = field(
+        num("alpha", float, 0.01, 0.0, doc="FedDyn's α (dynamic regulariser)", low_open=True)
     )

@@ -18,7 +18,9 @@ from methods.hyper import (
     ADMMHyper,
     AlternatingHyper,
     BayesHyper,
+    DittoHyper,
     FedAvgHyper,
+    FedDynHyper,
     FedProxHyper,
     IVONHyper,
     NewtonHyper,
@@ -34,6 +36,7 @@ from strategies.bayes_admm import (
     check_full_covariance,
     check_sampling,
 )
+from strategies.feddyn import FedDynStrategy
 from strategies.fedpm import FedPMStrategy, check_fedpm
 from strategies.mean import MeanStrategy
 from strategies.scaffold import ScaffoldStrategy
@@ -98,13 +101,13 @@ class Method:
         """The method's own keys (its hyper-parameter dataclass), by key."""
         return params_of(self.hyper)
 
-    def value(self, key: str) -> Scalar:
-        """What ``'auto'`` means for ``key`` in this method: its preset, else the key's default."""
+    def value(self, key: str, default: Scalar) -> Scalar:
+        """What ``'auto'`` means for ``key`` in this method: its preset (its first
+        personalization mode), else ``default``.
+        """
         if key == "personalization":
             return self.personalization[0]
-        if key in self.presets:
-            return self.presets[key]
-        return self.params[key].default
+        return self.presets.get(key, default)
 
 
 EXAMPLES = {"client-weighting": "examples"}
@@ -244,6 +247,23 @@ METHODS: dict[str, Method] = {
             ScaffoldHyper,
             ("none",),
             "SCAFFOLD (Karimireddy et al.): SGD with control variates (option II), server-lr",
+        ),
+        Method(
+            "ditto",
+            MeanStrategy,
+            SOLVERS["ditto"],
+            DittoHyper,
+            ("none",),
+            "Ditto (Li et al.): FedAvg global model; personal v_i by SGD + (λ/2)||v - w^t||^2",
+            EXAMPLES,
+        ),
+        Method(
+            "feddyn",
+            FedDynStrategy,
+            SOLVERS["feddyn"],
+            FedDynHyper,
+            ("none",),
+            "FedDyn (Acar et al.): SGD on f_i - <g_i, θ> + (α/2)||θ - θ^t||^2, server state h",
         ),
     )
 }

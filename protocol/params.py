@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 Scalar = int | float | str | bool
 
@@ -48,7 +48,7 @@ class Param:
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, self.kind) and not (self.kind is not bool and isinstance(value, bool)):
-            return value  # type: ignore[no-any-return]
+            return cast(Scalar, value)
         raise TypeError(f"has type {type(value).__name__}; expected {self.allowed}")
 
 

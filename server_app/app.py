@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from methods.registry import METHODS
 from protocol.records import record_to_numpy, to_record
 from server_app.checkpoint import (
+    check_restorable,
     drop_after,
     load_resume,
     make_checkpoint,
@@ -51,9 +52,12 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     nodes = strategy.discover(grid)
     if ckpt is not None and ckpt.num_clients != len(nodes):
         raise FederationError(
-            f"the checkpoint {ckpt.path} is of a federation of {ckpt.num_clients} partitions; "
-            f"{len(nodes)} connected"
+            f"the checkpoint {ckpt.path} is of a federation of {ckpt.num_clients} partitions "
+            f"(state.json, field 'num-clients'); {len(nodes)} connected: resume with the "
+            "original federation's SuperNodes; nothing was deleted or changed"
         )
+    if ckpt is not None:  # every check before any output is changed
+        check_restorable(ckpt, initial, strategy)
     federation = build_federation(federation_spec(cfg, len(nodes)))
     evaluate_fn = (
         _global_evaluation(cfg, federation.server_test, skeleton, strategy.global_sampler())
@@ -63,8 +67,6 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     if task.convex and not skeleton.personal:  # convergence to the optimum (issue 5)
         spec = federation_spec(cfg, len(nodes))
         evaluate_fn = _with_subopt(evaluate_fn, subopt_fn(cfg, spec))
-    if ckpt is not None:
-        drop_after(ckpt.run_dir, ckpt.round)
     recorder = RunRecorder(
         ckpt.run_dir if ckpt is not None else resolve_run_dir(cfg),
         cfg,
@@ -81,6 +83,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     strategy.state_scope = ckpt.scope if ckpt is not None else recorder.dir.name
     resume = None
     if ckpt is not None:
+        drop_after(ckpt.run_dir, ckpt.round)
         restore_rng(ckpt.rng)
         resume = ResumePoint(ckpt.round, ckpt.global_record(), ckpt.rule_state)
 

@@ -5,10 +5,10 @@ that dict into a validated, fully resolved mapping (the same kebab-case keys) th
 strategy sends to every client in its ConfigRecord. The schema is ``RunConfig`` plus every
 registered method's hyper-parameters (``methods``): one declaration per key.
 
-Resolution of a method's key: ``'auto'`` means the method's preset, else the key's default; a
-concrete value is the user's. A key that the chosen method does not use must stay at
-``'auto'`` or its default, otherwise the run is refused (a value that would be silently
-ignored is an error).
+Resolution of a key: ``'auto'`` (where it is not itself an allowed value, as for ``device``)
+means the method's preset, else the key's default; a concrete value is the user's. A key that
+the chosen method does not use must stay at ``'auto'`` or its default, otherwise the run is
+refused (a value that would be silently ignored is an error).
 """
 
 from __future__ import annotations
@@ -42,13 +42,7 @@ ORIGINS = "origins"
 
 
 def _method(raw: Mapping[str, Any]) -> Method:
-    name = raw.get("algorithm")
-    if name not in METHODS:
-        raise ConfigError(
-            f"run config algorithm={name!r} is not allowed; expected one of "
-            + ", ".join(map(repr, METHODS))
-        )
-    return METHODS[str(name)]
+    return METHODS[str(_checked(params_of(RunConfig)["algorithm"], raw["algorithm"]))]
 
 
 def _checked(spec: Param, value: Any) -> Scalar:
@@ -85,16 +79,17 @@ def resolve(raw: Mapping[str, Any]) -> tuple[dict[str, Scalar], dict[str, str]]:
     origins: dict[str, str] = {}
     for key, spec in keys.items():
         value = raw[key]
+        auto = value == AUTO and not (spec.kind is str and spec.check(AUTO))  # device: real
         if key not in own:
-            if value != AUTO and _checked(spec, value) != spec.default:
+            if not auto and _checked(spec, value) != spec.default:
                 raise ConfigError(
                     f"run config {key}={value!r} is not a hyper-parameter of algorithm="
                     f"{method.name!r}, so it would be ignored; leave it at {spec.default!r} "
                     f"(or 'auto'). {method.name!r} uses: {', '.join(method.params)}"
                 )
             cfg[key], origins[key] = spec.default, "default"
-        elif value == AUTO:
-            cfg[key] = _checked(spec, method.value(key))
+        elif auto:
+            cfg[key] = _checked(spec, method.value(key, spec.default))
             preset = key in method.presets or key == "personalization"
             origins[key] = "method" if preset else "default"
         else:

@@ -12,6 +12,8 @@ from typing import Any
 
 from flwr.common import log
 
+from server_app.checkpoint import checkpoint_error
+
 HIGHER_IS_BETTER = ("accuracy", "macro-f1", "auc")
 
 
@@ -38,6 +40,46 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _resumed_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a resumed run's ``metrics.jsonl``; each must have an integer ``round``."""
+    rows = read_rows(path)
+    bad = [r for r in rows if not isinstance(r, dict) or not _is_round(r.get("round"))]
+    if bad:
+        raise checkpoint_error(
+            path,
+            f"{len(bad)} row(s)",
+            f"have no integer 'round' (first: {str(bad[0])[:80]})",
+            "Repair or remove those lines, or start a new run (resume-from='')",
+        )
+    return rows
+
+
+def _is_round(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _resumes(path: Path) -> list[int]:
+    """``resumed-after-round`` of a resumed run's ``config.json`` (empty before its first)."""
+    try:
+        old = json.loads(path.read_text())
+        resumes = old.get("resumed-after-round", []) if isinstance(old, dict) else None
+    except (OSError, ValueError) as err:
+        raise checkpoint_error(
+            path,
+            "the file",
+            f"is not readable JSON ({err})",
+            "Restore it (the run directory's config.json), or start a new run (resume-from='')",
+        ) from None
+    if not isinstance(resumes, list) or not all(_is_round(r) for r in resumes):
+        raise checkpoint_error(
+            path,
+            "field 'resumed-after-round'",
+            f"is {resumes!r}; expected a list of rounds",
+            "Restore it (the run directory's config.json), or start a new run (resume-from='')",
+        )
+    return resumes
+
+
 def resolve_run_dir(config: Mapping[str, Any]) -> Path:
     """``<output-dir>/<run-name>`` as an absolute path; the name defaults to
     ``<algorithm>-<task>-seed<seed>-<time>`` and gets a numeric suffix if taken.
@@ -59,7 +101,8 @@ class RunRecorder:
 
     With ``resume_round = k`` the run dir exists: ``metrics.jsonl`` keeps its rows of rounds
     ``<= k`` (later rows were written after the checkpoint) and new rows are appended;
-    ``config.json`` gets the resumed run's config and ``resumed-after-round: [..., k]``.
+    ``config.json`` gets the resumed run's config and ``resumed-after-round: [..., k]``. Both
+    are read before either is rewritten (CheckpointError naming the file if one is unusable).
     """
 
     def __init__(
@@ -76,9 +119,8 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = []
         resumes: list[int] = []
         if resume_round is not None:
-            self.rows = [r for r in read_rows(self.metrics_path) if r["round"] <= resume_round]
-            old = json.loads((self.dir / "config.json").read_text())
-            resumes = [*old.get("resumed-after-round", []), resume_round]
+            self.rows = [r for r in _resumed_rows(self.metrics_path) if r["round"] <= resume_round]
+            resumes = [*_resumes(self.dir / "config.json"), resume_round]
         info = {"run-config": dict(config), **extra}
         if resumes:
             info["resumed-after-round"] = resumes

@@ -356,6 +356,10 @@ class FederatedStrategy:
             self.state_scope,
         )
 
+    def in_shared_dtypes(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``arrays`` (shared-block names) cast to the shared block's dtypes, for sending."""
+        return {k: np.asarray(v).astype(self.shared_template[k][1]) for k, v in arrays.items()}
+
     def reply_template(self, name: str) -> Template:
         """Expected arrays of reply record ``name``: by default those of the shared block.
 

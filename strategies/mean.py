@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from flwr.app import ArrayRecord
 
 from protocol.records import SHARED, numpy_to_record
 from strategies.base import FederatedStrategy, Reply
+
+
+def float64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Float64 copies of ``arrays`` (so that ``weighted_mean`` returns float64 too)."""
+    return {k: np.asarray(v).astype(np.float64) for k, v in arrays.items()}
 
 
 def weighted_mean(

@@ -22,14 +22,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
-from protocol.records import SHARED, numpy_to_record, record_to_numpy
+from protocol.records import CONTROL, DELTA_CONTROL, SHARED, numpy_to_record, record_to_numpy
 from strategies.base import FederatedStrategy, Reply
-from strategies.mean import weighted_mean
-
-CONTROL = "control"
-"""ArrayRecord server -> client: the global control variate ``c`` (shared-block layout)."""
-DELTA_CONTROL = "delta-control"
-"""ArrayRecord client -> server: ``Δc_i = c_i⁺ − c_i`` (shared-block layout)."""
+from strategies.checkpointing import RuleState, float64_zeros, pack_global, unpack_global
+from strategies.mean import float64, weighted_mean
 
 
 class ScaffoldStrategy(FederatedStrategy):
@@ -45,38 +41,30 @@ class ScaffoldStrategy(FederatedStrategy):
 
     def init_state(self, initial: ArrayRecord) -> None:
         """``c = 0`` in the shared block's layout (float64 accumulator)."""
-        self.c = {k: np.zeros(v.shape, np.float64) for k, v in record_to_numpy(initial).items()}
+        self.c = float64_zeros(record_to_numpy(initial))
 
-    def checkpoint_state(self) -> dict[str, np.ndarray]:
+    def checkpoint_state(self) -> RuleState:
         """``c`` (float64), as ``"control/<name>"`` arrays."""
-        return {f"{CONTROL}/{k}": v.copy() for k, v in self.c.items()}
+        return pack_global(CONTROL, self.c)
 
     def restore_state(self, state: Mapping[str, np.ndarray]) -> None:
         """``c`` from ``checkpoint_state`` output (after ``init_state``)."""
-        c = {k.removeprefix(f"{CONTROL}/"): np.array(v, np.float64) for k, v in state.items()}
-        if set(c) != set(self.c):
-            raise ValueError(f"checkpoint holds control variates {sorted(c)}, not {sorted(self.c)}")
-        self.c = c
+        self.c = unpack_global(CONTROL, state, self.c, "control variates")
 
     def node_records(self, partition_id: int) -> dict[str, ArrayRecord]:
         """``CONTROL``: ``c`` in the shared block's dtypes."""
-        return {CONTROL: numpy_to_record(self._cast(self.c))}
-
-    def _cast(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v).astype(self.shared_template[k][1]) for k, v in arrays.items()}
+        return {CONTROL: numpy_to_record(self.in_shared_dtypes(self.c))}
 
     def aggregate(
         self, server_round: int, current: ArrayRecord, replies: list[Reply]
     ) -> ArrayRecord:
         """``x + η_g mean_S(y_i − x)``; updates ``c += (|S|/N) mean_S Δc_i`` in place."""
-        x = {k: v.astype(np.float64) for k, v in record_to_numpy(current).items()}
+        x = float64(record_to_numpy(current))
         uniform = [1.0] * len(replies)
-        y = weighted_mean([_f64(r.arrays[SHARED]) for r in replies], uniform)
-        dc = weighted_mean([_f64(r.arrays[DELTA_CONTROL]) for r in replies], uniform)
+        y = weighted_mean([float64(r.arrays[SHARED]) for r in replies], uniform)
+        dc = weighted_mean([float64(r.arrays[DELTA_CONTROL]) for r in replies], uniform)
         share = len(replies) / self.num_clients
         self.c = {k: self.c[k] + share * dc[k] for k in self.c}
-        return numpy_to_record(self._cast({k: x[k] + self.server_lr * (y[k] - x[k]) for k in x}))
-
-
-def _f64(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v.astype(np.float64) for k, v in arrays.items()}
+        return numpy_to_record(
+            self.in_shared_dtypes({k: x[k] + self.server_lr * (y[k] - x[k]) for k in x})
+        )

@@ -60,6 +60,8 @@ MATRIX: dict[str, dict[str, Any]] = {
     "localnewton": {"algorithm": "localnewton", "task": "breast-cancer", "newton-steps": 2},
     "fednl": {"algorithm": "fednl", "task": "breast-cancer"},
     "scaffold": {"algorithm": "scaffold", "fraction-train": 0.7},
+    "ditto": {"algorithm": "ditto", "fraction-train": 0.7, "personal-epochs": 2},
+    "feddyn": {"algorithm": "feddyn", "fraction-train": 0.7, "alpha": 0.1},
 }
 """Run name -> overrides of the pyproject defaults (3 nodes, 2 rounds, seed 0)."""
 

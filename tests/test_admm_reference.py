@@ -16,7 +16,7 @@ import pytest
 from flwr.app import MessageType
 
 from client_app.solvers.admm import PI
-from protocol.records import CONFIG, SHARED
+from protocol.records import ROUND, SHARED
 from server_app.inprocess import InProcessGrid
 from tasks import registry
 from tests.conftest import run_local
@@ -42,7 +42,7 @@ def sent_rounds(grid: InProcessGrid) -> list[tuple[np.ndarray, list[int]]]:
     for msg in grid.sent:
         if msg.metadata.message_type != MessageType.TRAIN:
             continue
-        rnd = int(msg.content[CONFIG]["server-round"])
+        rnd = int(msg.content[ROUND]["server-round"])
         u = msg.content[SHARED]["weight"].numpy().ravel()
         entry = rounds.setdefault(rnd, (u, []))
         assert np.array_equal(entry[0], u)  # the same u^t goes to every participant

@@ -17,7 +17,7 @@ from flwr.app import MessageType
 
 from client_app.runtime import PERSONAL
 from client_app.solvers.admm import PI
-from protocol.records import CONFIG, SHARED
+from protocol.records import ROUND, SHARED
 from server_app.inprocess import InProcessGrid
 from tasks import registry
 from tasks.materialize import build_skeleton
@@ -80,7 +80,7 @@ def broadcasts(grid: InProcessGrid) -> list[tuple[np.ndarray, list[int]]]:
         if msg.metadata.message_type == MessageType.TRAIN:
             assert list(msg.content[SHARED].keys()) == ["shared.weight"]  # v never sent
             u = msg.content[SHARED]["shared.weight"].numpy().ravel()
-            rounds.setdefault(int(msg.content[CONFIG]["server-round"]), (u, []))[1].append(
+            rounds.setdefault(int(msg.content[ROUND]["server-round"]), (u, []))[1].append(
                 pid_of[msg.metadata.dst_node_id]
             )
     return [rounds[r] for r in sorted(rounds)]

@@ -79,7 +79,7 @@ def test_dropped_admm_reply_keeps_stale_z(config: dict[str, Any]) -> None:
     from server_app import app as server_module
 
     captured: dict[str, Any] = {}
-    original = server_module.ALGORITHMS["fedadmm"].aggregation.aggregate
+    original = server_module.METHODS["fedadmm"].rule.aggregate
 
     def spy(self: Any, server_round: int, current: Any, replies: Any) -> Any:
         out = original(self, server_round, current, replies)
@@ -88,7 +88,7 @@ def test_dropped_admm_reply_keeps_stale_z(config: dict[str, Any]) -> None:
 
     config.update({"algorithm": "fedadmm", "fraction-evaluate": 0.0})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(server_module.ALGORITHMS["fedadmm"].aggregation, "aggregate", spy)
+        mp.setattr(server_module.METHODS["fedadmm"].rule, "aggregate", spy)
         _, grid = run_local(config, 3, tamper=tamper_first_node(Z, _nan))
     u0 = next(m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN)
     for key, arr in u0.content[SHARED].items():

@@ -16,7 +16,7 @@ import pytest
 from flwr.app import MessageType
 
 from client_app.solvers.scaffold import C_LOCAL
-from protocol.records import CONFIG, CONTROL, SHARED
+from protocol.records import CONTROL, ROUND, SHARED
 from strategies.scaffold import ScaffoldStrategy
 from tasks import registry
 from tests.conftest import default_config, read_metrics, run_local
@@ -49,7 +49,7 @@ def test_scaffold_matches_float64_reference_with_partial_participation(tmp_path:
     for msg in grid.sent:
         if msg.metadata.message_type == MessageType.TRAIN:
             pid = int(grid.contexts[msg.metadata.dst_node_id].node_config["partition-id"])
-            sent.setdefault(int(msg.content[CONFIG]["server-round"]), {})[pid] = msg.content
+            sent.setdefault(int(msg.content[ROUND]["server-round"]), {})[pid] = msg.content
 
     data = lsq_clients(M, 3)
     a = [x.T @ x / len(y) for x, y in data]

@@ -25,7 +25,7 @@ def test_digits_loader() -> None:
     data = DigitsTask().load(OPTS)
     assert data.pool.x.shape[1:] == (1, 8, 8) and data.pool.x.dtype == np.float32
     assert len(data.pool) + len(data.server_test) == 1797  # type: ignore[arg-type]
-    assert 0.0 <= data.pool.x.min() and data.pool.x.max() <= 1.0
+    assert data.pool.x.min() >= 0.0 and data.pool.x.max() <= 1.0
 
 
 def test_breast_cancer_standardised_on_train_pool() -> None:

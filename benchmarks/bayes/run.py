@@ -34,7 +34,7 @@ from flwr.app import MessageType
 from torch import nn
 
 from client_app.app import app as client_app
-from protocol.records import CONFIG, SHARED
+from protocol.records import ROUND, SHARED
 from server_app.app import run_federation
 from server_app.inprocess import InProcessGrid
 from tasks import registry
@@ -154,7 +154,7 @@ def server_means(grid: InProcessGrid) -> list[np.ndarray]:
     seen: dict[int, np.ndarray] = {}
     for msg in grid.sent:
         if msg.metadata.message_type == MessageType.TRAIN:
-            seen[int(msg.content[CONFIG]["server-round"])] = msg.content[SHARED]["weight"].numpy()
+            seen[int(msg.content[ROUND]["server-round"])] = msg.content[SHARED]["weight"].numpy()
     return [seen[r].ravel() for r in sorted(seen) if r > 1]
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import statistics
 import tempfile
@@ -28,9 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from client_app.app import app as client_app
-from server_app.app import run_federation
-from server_app.inprocess import InProcessGrid
+from server_app.api import run_in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,8 +67,7 @@ def defaults() -> dict[str, Any]:
 def run(cfg: dict[str, Any], clients: int) -> list[dict[str, Any]]:
     """One in-process run; its metrics.jsonl rows."""
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = run_federation(InProcessGrid(client_app, clients), cfg | {"output-dir": tmp})
-        return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return run_in_process(cfg | {"output-dir": tmp}, clients).rows
 
 
 def convex(rounds: int, eta: float, damping: float) -> list[str]:

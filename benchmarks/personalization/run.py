@@ -34,6 +34,8 @@ ALGORITHMS = {
     "fedper": {"algorithm": "fedper", "personalization": "output"},
     "fedrep": {"algorithm": "fedrep", "personalization": "output"},
     "fedalt": {"algorithm": "fedalt", "personalization": "output"},
+    "ditto": {"algorithm": "ditto"},
+    "feddyn": {"algorithm": "feddyn"},
 }
 SCENARIOS: dict[str, dict[str, Any]] = {
     "digits-dir0.1": {

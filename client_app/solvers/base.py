@@ -96,7 +96,10 @@ class Solver:
     """A local solver and its message declaration, checked against the rule by the registry.
 
     ``returns``: the ArrayRecords every reply carries; ``needs``: the records (besides the
-    shared block) it requires in the training message; ``keeps``: its state groups.
+    shared block) it requires in the training message; ``keeps``: its state groups;
+    ``evaluates``: the state group (one of ``keeps``) whose parameter values the client's
+    personalized evaluation loads over ``u^t`` and the personal block (e.g. Ditto's personal
+    model ``v_i``), or ``""`` to evaluate ``u^t`` plus the personal block.
     """
 
     name: str
@@ -104,6 +107,15 @@ class Solver:
     returns: tuple[str, ...]
     needs: tuple[str, ...] = ()
     keeps: tuple[str, ...] = ()
+    evaluates: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse an evaluation group the solver does not keep."""
+        if self.evaluates and self.evaluates not in self.keeps:
+            raise ValueError(
+                f"solver {self.name!r} evaluates state group {self.evaluates!r}, which it does "
+                f"not keep (keeps: {list(self.keeps)})"
+            )
 
     def __call__(self, inp: SolverInput) -> SolverOutput:
         """Run one client round."""
@@ -159,6 +171,17 @@ def local_sgd(
     for p in params.values():
         p.requires_grad_(True)
     return last
+
+
+def proximal(center: Mapping[str, torch.Tensor], weight: float) -> ExtraGrad:
+    """Gradient ``weight·(w − center)`` of ``(weight/2)||w − center||²`` for the parameters in
+    ``center`` (None for the others): FedProx's and Ditto's proximal term, FedDyn's quadratic.
+    """
+
+    def grad(name: str, w: torch.Tensor) -> torch.Tensor | None:
+        return weight * (w.detach() - center[name]) if name in center else None
+
+    return grad
 
 
 def full_grad_sq_norm(inp: SolverInput, names: list[str], extra_grad: ExtraGrad) -> float:

@@ -59,6 +59,11 @@ from protocol.records import (
 )
 from tasks.functional import flatten, unflatten
 
+V_STATE = "dual-mean"
+"""State key of the dual ``v_k`` (float64, shared-block layout; the same values the reply's
+``DUAL_MEAN`` record carries in the model's dtype)."""
+BIG_V_STATE = "dual-precision"
+"""State key of the dual ``V_k`` (float64, family layout)."""
 IVON_STATE = "ivon"
 """State key of IVON's persistent buffers: ``momentum`` (flat) and ``step`` (one element)."""
 VON_DECAY = 0.1
@@ -101,8 +106,8 @@ class GaussianRound:
             if GLOBAL_PRECISION not in inp.received:
                 raise ValueError(f"no {GLOBAL_PRECISION!r} record in the training message")
             precision_g = cls.precision_of(family, inp.received[GLOBAL_PRECISION])
-        v = inp.state.get(DUAL_MEAN, device)
-        big_v = inp.state.get(DUAL_PRECISION, device)
+        v = inp.state.get(V_STATE, device)
+        big_v = inp.state.get(BIG_V_STATE, device)
         return cls(
             inp,
             family,
@@ -149,7 +154,7 @@ class GaussianRound:
             + precision_times(self.family, delta, mean)
         )
         self.dual_precision = self.dual_precision + step * delta
-        state: Groups = {DUAL_MEAN: self.named(self.dual_mean, torch.float64)}
+        state: Groups = {V_STATE: self.named(self.dual_mean, torch.float64)}
         dtype = self.inp.u[self.inp.shared[0]].dtype
         records = {MEAN: self.named(mean), DUAL_MEAN: self.named(self.dual_mean)}
         metrics = {
@@ -159,7 +164,7 @@ class GaussianRound:
             FLOORED: float(self.floored),
         }
         if self.family is not Family.ISOTROPIC:
-            state[DUAL_PRECISION] = self._precision_arrays(self.dual_precision, torch.float64)
+            state[BIG_V_STATE] = self._precision_arrays(self.dual_precision, torch.float64)
             records[PRECISION] = self._precision_arrays(precision, dtype)
             records[DUAL_PRECISION] = self._precision_arrays(self.dual_precision, dtype)
             metrics["dual-precision-norm"] = float(self.dual_precision.norm())
@@ -411,7 +416,7 @@ def ivon(inp: SolverInput) -> SolverOutput:
 
 
 BAYES_SGD = Solver(
-    "bayes-sgd", isotropic, returns=(MEAN, DUAL_MEAN), keeps=(DUAL_MEAN,)
+    "bayes-sgd", isotropic, returns=(MEAN, DUAL_MEAN), keeps=(V_STATE,)
 )
 """Isotropic Bayesian ADMM client (local SGD)."""
 VON = Solver(
@@ -419,7 +424,7 @@ VON = Solver(
     newton,
     returns=(MEAN, PRECISION, DUAL_MEAN, DUAL_PRECISION),
     needs=(GLOBAL_PRECISION,),
-    keeps=(DUAL_MEAN, DUAL_PRECISION),
+    keeps=(V_STATE, BIG_V_STATE),
 )
 """Full-covariance Bayesian ADMM client (variational online Newton)."""
 IVON_ADMM = Solver(
@@ -427,6 +432,6 @@ IVON_ADMM = Solver(
     ivon,
     returns=(MEAN, PRECISION, DUAL_MEAN, DUAL_PRECISION),
     needs=(GLOBAL_PRECISION,),
-    keeps=(DUAL_MEAN, DUAL_PRECISION, IVON_STATE),
+    keeps=(V_STATE, BIG_V_STATE, IVON_STATE),
 )
 """IVON-ADMM client."""

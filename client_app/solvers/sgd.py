@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from client_app.solvers.base import Solver, SolverInput, SolverOutput, local_sgd
+from client_app.solvers.base import Solver, SolverInput, SolverOutput, local_sgd, proximal
 from protocol.records import SHARED
 
 
@@ -22,12 +20,8 @@ def prox_sgd(inp: SolverInput) -> SolverOutput:
 
 
 def _train(inp: SolverInput, mu: float) -> SolverOutput:
-    def prox(name: str, w: torch.Tensor) -> torch.Tensor | None:
-        return mu * (w.detach() - inp.u[name]) if name in inp.u else None
-
-    loss = local_sgd(
-        inp, inp.shared + inp.personal, int(inp.config["local-epochs"]), prox if mu else None
-    )
+    prox = proximal(inp.u, mu) if mu else None
+    loss = local_sgd(inp, inp.shared + inp.personal, int(inp.config["local-epochs"]), prox)
     return SolverOutput({SHARED: inp.named(inp.shared)}, {"train-loss": loss})
 
 

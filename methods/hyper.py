@@ -129,6 +129,16 @@ class RunConfig:
             ("/no/such/run", 3),
         )
     )
+    max_failed_rounds: int = field(
+        num(
+            "max-failed-rounds",
+            int,
+            3,
+            1,
+            10**6,
+            "consecutive rounds without a usable update that stop the run (exit non-zero)",
+        )
+    )
     min_available_nodes: int = field(
         num("min-available-nodes", int, 1, 1, doc="nodes to wait for before each round")
     )

@@ -65,6 +65,7 @@ OPERATIONAL_KEYS = frozenset(
         "device",
         "round-timeout",
         "min-available-nodes",
+        "max-failed-rounds",
         "num-server-rounds",
     }
 )

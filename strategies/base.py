@@ -39,25 +39,41 @@ from protocol.records import (
     config_record,
     metric_record,
     record_nbytes,
-    scalar,
 )
 from protocol.round import RoundValues
 from strategies.checkpointing import RuleState
 from strategies.exchange import exchange
+from strategies.validation import (
+    ReplyError,
+    Template,
+    check_metric_values,
+    decode_array,
+    decode_records,
+    numbers,
+    whole,
+)
 
 Scalar = int | float | str | bool
 RoundCallback = Callable[[int, dict[str, float]], None]
 EvaluateFn = Callable[[int, ArrayRecord], dict[str, float] | None]
-Template = dict[str, tuple[tuple[int, ...], str]]
-"""Expected arrays of one record: name -> (shape, dtype), in record order."""
 GlobalSampler = Callable[[ArrayRecord, int, int], Iterator[dict[str, np.ndarray]]]
 """``(mean, draws, seed)`` -> draws of the shared block from a rule's global distribution."""
 CheckpointFn = Callable[[int, ArrayRecord], None]
 """``(round, global arrays)``: called after every round, once its metrics are recorded."""
 
 
+MAX_PARTITIONS = 1_000_000
+"""Largest federation a node may claim to be part of."""
+MAX_EXAMPLES = 10**12
+"""Largest dataset a node may report."""
+
+
 class FederationError(RuntimeError):
     """The nodes do not form a valid federation (missing or inconsistent partition ids)."""
+
+
+class RunFailedError(RuntimeError):
+    """``max-failed-rounds`` consecutive rounds produced no usable update."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,8 @@ class RoundLog:
     bytes_down: int = 0
     bytes_up: int = 0
     dropped: list[str] = field(default_factory=list)
+    rejected: str = ""
+    """Why this round's aggregate was rejected ('' when it was applied)."""
 
 
 class FederatedStrategy:
@@ -127,6 +145,7 @@ class FederatedStrategy:
         self.fraction_evaluate = float(config["fraction-evaluate"])
         self.min_train_nodes = int(config["min-train-nodes"])
         self.timeout = float(config["round-timeout"])
+        self.max_failed_rounds = int(config["max-failed-rounds"])
         self.min_available_nodes = int(config.get("min-available-nodes", 1))
         self.nodes: dict[int, NodeInfo] = {}
         self._asked: set[int] = set()
@@ -287,20 +306,27 @@ class FederatedStrategy:
 
     @staticmethod
     def _node_info(reply: Message) -> NodeInfo:
-        m = reply.content.metric_records[METRICS]
-        pid, num = int(scalar(m, "partition-id")), int(scalar(m, "num-partitions"))
-        if not 0 <= pid < num:
-            raise FederationError(
-                f"node {reply.metadata.src_node_id} has partition-id={pid} outside "
-                f"[0, num-partitions={num})"
+        """The node's ``query.info`` answer, checked; FederationError naming what is wrong."""
+        node = reply.metadata.src_node_id
+        try:
+            if reply.has_error():
+                raise ReplyError(f"client error: {reply.error.reason}")
+            record = reply.content.metric_records.get(METRICS)
+            if record is None:
+                raise ReplyError(f"no MetricRecord {METRICS!r}")
+            m = numbers(record)
+            num = whole(m, "num-partitions", 1, MAX_PARTITIONS)
+            pid = whole(m, "partition-id", 0, num - 1)
+            info = NodeInfo(
+                node,
+                pid,
+                num,
+                whole(m, "num-train", 0, MAX_EXAMPLES),
+                whole(m, "num-test", 0, MAX_EXAMPLES),
             )
-        return NodeInfo(
-            reply.metadata.src_node_id,
-            pid,
-            num,
-            int(scalar(m, "num-train")),
-            int(scalar(m, "num-test")),
-        )
+        except ReplyError as err:
+            raise FederationError(f"node {node} sent an unusable partition report: {err}") from None
+        return info
 
     def sample(self, server_round: int, fraction: float, minimum: int, stream: int) -> list[int]:
         """Partition ids for this round: ``max(floor(fraction·m), minimum)`` without replacement,
@@ -439,47 +465,41 @@ class FederatedStrategy:
             for pid in self.sample(server_round, self.fraction_train, self.min_train_nodes, 1)
         ]
 
-    def validate(self, reply: Message) -> Reply:
-        """A Reply if ``reply`` is well-formed; ValueError naming the defect otherwise."""
-        if reply.has_error():
-            raise ValueError(f"client error: {reply.error.reason}")
-        content = reply.content
-        if METRICS not in content.metric_records:
-            raise ValueError(f"no MetricRecord {METRICS!r}")
-        metrics = {
-            k: float(v)
-            for k, v in content.metric_records[METRICS].items()
-            if isinstance(v, int | float)
-        }
-        if not metrics.get("num-examples", 0) > 0:
-            raise ValueError("metric 'num-examples' missing or not positive")
-        pid = int(metrics.get("partition-id", -1))
+    def sender_partition(self, reply: Message, metrics: Mapping[str, float]) -> int:
+        """The reply's ``partition-id``: an integer partition held by the sending node."""
+        pid = whole(metrics, "partition-id", 0, max(self.num_clients - 1, 0))
         if self.nodes.get(pid) is None or self.nodes[pid].node_id != reply.metadata.src_node_id:
-            raise ValueError(f"partition-id {pid} does not belong to the sending node")
-        arrays: dict[str, dict[str, np.ndarray]] = {}
-        for name in self.reply_records:
-            if name not in content.array_records:
-                raise ValueError(f"ArrayRecord {name!r} missing")
-            record = content.array_records[name]
-            self.round_log.bytes_up += record_nbytes(record)
-            template = self.reply_template(name)
-            if list(record.keys()) != list(template):
-                raise ValueError(f"ArrayRecord {name!r} does not hold exactly the expected arrays")
-            arrays[name] = {}
-            for key, arr in record.items():
-                shape, dtype = template[key]
-                if tuple(arr.shape) != shape or arr.dtype != dtype:
-                    raise ValueError(
-                        f"{name}[{key}] has shape {tuple(arr.shape)} {arr.dtype}, "
-                        f"expected {shape} {dtype}"
-                    )
-                values = arr.numpy()
-                if not np.isfinite(values).all():
-                    raise ValueError(f"{name}[{key}] has non-finite values")
-                arrays[name][key] = values
+            raise ReplyError(f"partition-id {pid} does not belong to the sending node")
+        return pid
+
+    def validate(self, reply: Message) -> Reply:
+        """A Reply if ``reply`` is well-formed; ReplyError naming the defect otherwise.
+
+        Metrics: numbers only, all finite; ``partition-id`` the sender's; ``num-examples`` an
+        integer in [1, the ``num-train`` the node reported at discovery]. Arrays: exactly the
+        rule's ``reply_records`` with ``reply_template``'s names, and decoded payloads of the
+        template's shapes and dtypes, all finite (``strategies.validation``); then the rule's
+        own ``check_reply``.
+        """
+        if reply.has_error():
+            raise ReplyError(f"client error: {reply.error.reason}")
+        content = reply.content
+        for name in self.reply_records:  # what arrived, whether or not it is usable
+            if name in content.array_records:
+                self.round_log.bytes_up += record_nbytes(content.array_records[name])
+        if METRICS not in content.metric_records:
+            raise ReplyError(f"no MetricRecord {METRICS!r}")
+        metrics = numbers(content.metric_records[METRICS])
+        pid = self.sender_partition(reply, metrics)
+        whole(metrics, "num-examples", 1, max(self.nodes[pid].num_train, 1))
         if not all(math.isfinite(v) for v in metrics.values()):
-            raise ValueError("non-finite metric values")
+            raise ReplyError("non-finite metric values")
+        arrays = decode_records(content.array_records, self.reply_records, self.reply_template)
+        self.check_reply(arrays)
         return Reply(pid, arrays, metrics)
+
+    def check_reply(self, arrays: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Rule-level checks of a decoded reply (e.g. positive curvature); ReplyError if not."""
 
     def valid_replies(
         self, server_round: int, replies: Iterable[Message], kind: str
@@ -489,9 +509,14 @@ class FederatedStrategy:
         for msg in replies:
             try:
                 valid.append(self.validate(msg) if kind == "train" else self._validate_eval(msg))
-            except ValueError as err:
+            except Exception as err:  # nothing in a reply may raise out of the round
                 node = msg.metadata.src_node_id
-                reason = f"round {server_round}: dropped {kind} reply of node {node}: {err}"
+                pid = next((p for p, i in self.nodes.items() if i.node_id == node), None)
+                what = err if isinstance(err, ReplyError) else f"{type(err).__name__}: {err}"
+                reason = (
+                    f"round {server_round}: dropped {kind} reply of node {node} "
+                    f"(partition {pid}): {what}"
+                )
                 log(WARNING, reason)
                 self.round_log.dropped.append(reason)
         return sorted(valid, key=lambda r: r.partition_id)  # arrival order must not matter
@@ -504,8 +529,33 @@ class FederatedStrategy:
         if not valid:
             log(WARNING, "round %d: no valid training reply; the model is unchanged", server_round)
             return None, None
+        before = {k: v.copy() for k, v in self.checkpoint_state().items()}
         arrays = self.aggregate(server_round, current, valid)
+        problem = self._unusable(arrays) or self._unusable_state()
+        if problem:
+            self.restore_state(before)
+            reason = f"round {server_round}: aggregate rejected ({problem}); previous state kept"
+            log(WARNING, reason)
+            self.round_log.rejected = reason
+            return None, metric_record(self.train_metrics(valid))
         return arrays, metric_record(self.train_metrics(valid))
+
+    def _unusable(self, arrays: ArrayRecord) -> str:
+        """What is wrong with a new global model (names, shapes, dtypes, finiteness), or ''."""
+        if list(arrays.keys()) != list(self.shared_template):
+            return "the new model does not hold the shared block's arrays"
+        for key, array in arrays.items():
+            shape, dtype = self.shared_template[key]
+            try:
+                decode_array("global", key, array, shape, dtype)
+            except ReplyError as err:
+                return str(err)
+        return ""
+
+    def _unusable_state(self) -> str:
+        """Which array of the rule's new server state is not finite, or ''."""
+        bad = [k for k, v in self.checkpoint_state().items() if not np.isfinite(v).all()]
+        return f"non-finite server state {bad[:3]}" if bad else ""
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
         """Personalized evaluation: ``u`` and the config to a seeded sample of partitions."""
@@ -525,18 +575,20 @@ class FederatedStrategy:
             for pid in self.sample(server_round, self.fraction_evaluate, 1, 2)
         ]
 
-    @staticmethod
-    def _validate_eval(reply: Message) -> Reply:
+    def _validate_eval(self, reply: Message) -> Reply:
+        """An evaluation reply: the sender's ``partition-id``, ``num-examples`` an integer in
+        [0, the node's reported ``num-test``], every metric finite and in its range.
+        """
         if reply.has_error():
-            raise ValueError(f"client error: {reply.error.reason}")
-        m = reply.content.metric_records.get(METRICS)
-        if m is None or "num-examples" not in m or not scalar(m, "num-examples") >= 0:
-            raise ValueError("no valid MetricRecord")
-        return Reply(
-            int(scalar(m, "partition-id")),
-            {},
-            {k: float(v) for k, v in m.items() if isinstance(v, int | float)},
-        )
+            raise ReplyError(f"client error: {reply.error.reason}")
+        record = reply.content.metric_records.get(METRICS)
+        if record is None:
+            raise ReplyError(f"no MetricRecord {METRICS!r}")
+        metrics = numbers(record)
+        pid = self.sender_partition(reply, metrics)
+        whole(metrics, "num-examples", 0, self.nodes[pid].num_test)
+        check_metric_values(metrics)
+        return Reply(pid, {}, metrics)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -575,6 +627,7 @@ class FederatedStrategy:
         self.summary()
         timeout, num_rounds = self.timeout, int(self.config["num-server-rounds"])
         result = Result(arrays=arrays)
+        failed: list[str] = []
         if evaluate_fn is not None and on_round is not None and resume is None:
             on_round(0, {"wall-time": 0.0, **(evaluate_fn(0, arrays) or {})})
         for rnd in range(first, num_rounds + 1):
@@ -589,7 +642,10 @@ class FederatedStrategy:
             if new_arrays is not None:
                 arrays = new_arrays
                 result.arrays = arrays
-            row: dict[str, float] = {}
+                failed = []
+            else:
+                failed.append(self.round_log.rejected or "; ".join(self.round_log.dropped[-3:]))
+            row: dict[str, float] = {"round-rejected": 1.0} if self.round_log.rejected else {}
             if train_metrics is not None:
                 result.train_metrics_clientapp[rnd] = train_metrics
                 row.update({k: float(v) for k, v in train_metrics.items()})  # type: ignore[arg-type]
@@ -618,6 +674,12 @@ class FederatedStrategy:
                 on_round(rnd, row)
             if on_checkpoint is not None:
                 on_checkpoint(rnd, arrays)
+            if len(failed) >= self.max_failed_rounds:
+                raise RunFailedError(
+                    f"{len(failed)} consecutive rounds (up to round {rnd}) without a usable "
+                    f"update (max-failed-rounds={self.max_failed_rounds}); the run stops. "
+                    f"Last reasons: {failed[-1] or 'no reply'}"
+                )
         return result
 
 

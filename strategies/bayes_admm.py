@@ -63,8 +63,9 @@ from protocol.records import (
     PRECISION,
     numpy_to_record,
 )
-from strategies.base import FederatedStrategy, GlobalSampler, Reply, Template
+from strategies.base import FederatedStrategy, GlobalSampler, Reply
 from strategies.checkpointing import RuleState, pack_partitions, unpack_partitions
+from strategies.validation import Template
 from tasks.functional import flatten as flatten
 from tasks.functional import unflatten as unflatten
 

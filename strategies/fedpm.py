@@ -46,10 +46,13 @@ from torch import nn
 from protocol.foof import Layer, foof_layers, layer_matrix, split_layer_matrix
 from protocol.records import CURVATURE, SHARED, TRIU, numpy_to_record
 from protocol.symmetric import triu_size, unpack_symmetric
-from strategies.base import FederatedStrategy, Reply, Template
+from strategies.base import FederatedStrategy, Reply
+from strategies.validation import ReplyError, Template
 from tasks.functional import flatten, unflatten
 
 KINDS = ("hessian", "foof", "diagonal")
+PSD_TOLERANCE = 1e-6
+"""Relative tolerance on negative eigenvalues of a reported preconditioner (rounding)."""
 """Values of ``curvature``."""
 
 Arrays = dict[str, torch.Tensor]
@@ -216,6 +219,23 @@ class FedPMStrategy(FederatedStrategy):
         if name == CURVATURE:
             return curvature_template(self.kind, self.shared_template, self.layers)
         return self.shared_template
+
+    def check_reply(self, arrays: Mapping[str, Mapping[str, Any]]) -> None:
+        """The preconditioner must be positive semi-definite: an exact Hessian's eigenvalues
+        ``≥ −PSD_TOLERANCE·max|λ|``, FOOF factors likewise, a diagonal curvature ``> 0``
+        (a negated or indefinite ``P_i`` would steer the mixing; ALGORITHMS.md §3.2).
+        """
+        for name, value in decode_curvature(self.kind, arrays[CURVATURE]).items():
+            if self.kind == "diagonal":
+                if not bool((value > 0).all()):
+                    raise ReplyError(f"{CURVATURE}[{name}] has non-positive diagonal entries")
+                continue
+            eig = torch.linalg.eigvalsh(value)
+            if float(eig.min()) < -PSD_TOLERANCE * max(float(eig.abs().max()), 1e-300):
+                raise ReplyError(
+                    f"{CURVATURE}[{name}] is not positive semi-definite (eigenvalue "
+                    f"{float(eig.min()):.3g})"
+                )
 
     def aggregate(
         self, server_round: int, current: ArrayRecord, replies: list[Reply]

@@ -19,7 +19,7 @@ WEIGHTINGS = ("uniform", "examples")
 """Client-weighting policies: ``α_i = 1/m`` or ``n_i/n`` (one policy for every rule)."""
 
 
-BATCH_SIZE = num("batch-size", int, 16, 1, doc="minibatch size")
+BATCH_SIZE = num("batch-size", int, 16, 1, 1_000_000, "minibatch size")
 """Shared by SGD solvers and the FedPM family's minibatch statistics."""
 
 
@@ -66,14 +66,16 @@ class RunConfig:
         )
     )
     task: str = field(choice("task", "digits", TASKS, "dataset and model"))
-    num_server_rounds: int = field(num("num-server-rounds", int, 20, 1, doc="rounds"))
+    num_server_rounds: int = field(num("num-server-rounds", int, 20, 1, 100_000, "rounds"))
     fraction_train: float = field(
         num("fraction-train", float, 1.0, 0.0, 1.0, "share of clients sampled to train", True)
     )
     fraction_evaluate: float = field(
         num("fraction-evaluate", float, 1.0, 0.0, 1.0, "share of clients evaluating")
     )
-    min_train_nodes: int = field(num("min-train-nodes", int, 1, 1, doc="least clients to train"))
+    min_train_nodes: int = field(
+        num("min-train-nodes", int, 1, 1, 1_000_000, "least clients to train")
+    )
     seed: int = field(num("seed", int, 0, 0, 2**31 - 1, "drives every random choice"))
     device: str = field(choice("device", "auto", ("auto", "cpu", "cuda"), "where to compute"))
     partitioner: str = field(choice("partitioner", "iid", PARTITIONERS, "how data is split"))
@@ -81,7 +83,7 @@ class RunConfig:
         num("dirichlet-alpha", float, 0.5, 0.0, doc="Dirichlet concentration", low_open=True)
     )
     classes_per_client: int = field(
-        num("classes-per-client", int, 2, 1, doc="pathological partitioner's classes")
+        num("classes-per-client", int, 2, 1, 100_000, "pathological partitioner's classes")
     )
     personalization: str = field(
         choice("personalization", "none", MODES, "which parameters stay personal")
@@ -113,7 +115,7 @@ class RunConfig:
         )
     )
     round_timeout: float = field(
-        num("round-timeout", float, 600.0, 0.0, doc="seconds to wait for replies", low_open=True)
+        num("round-timeout", float, 600.0, 0.001, 604_800.0, "seconds to wait for replies")
     )
     state_dir: str = field(
         text("state-dir", "", "a directory path ('' = keep client state in memory only)", "mirror")
@@ -140,7 +142,7 @@ class RunConfig:
         )
     )
     min_available_nodes: int = field(
-        num("min-available-nodes", int, 1, 1, doc="nodes to wait for before each round")
+        num("min-available-nodes", int, 1, 1, 1_000_000, "nodes to wait for before each round")
     )
 
 
@@ -159,7 +161,7 @@ class Local:
 class LocalSGD(Local):
     """Minibatch SGD epochs (``client_app.solvers.base.local_sgd``)."""
 
-    local_epochs: int = field(num("local-epochs", int, 3, 1, doc="epochs per round"))
+    local_epochs: int = field(num("local-epochs", int, 3, 1, 1000, "epochs per round"))
     batch_size: int = field(BATCH_SIZE)
     momentum: float = field(num("momentum", float, 0.0, 0.0, 0.999, "SGD momentum"))
     weight_decay: float = field(num("weight-decay", float, 0.0, 0.0, doc="SGD weight decay"))
@@ -178,14 +180,14 @@ class Weighted:
 class PersonalStage:
     """A personal stage's epochs (FedAlt / FedRep / FedAPM, Ditto's ``v_i``); 0 = local-epochs."""
 
-    personal_epochs: int = field(num("personal-epochs", int, 0, 0, doc="personal-stage epochs"))
+    personal_epochs: int = field(num("personal-epochs", int, 0, 0, 1000, "personal-stage epochs"))
 
 
 @dataclass(frozen=True)
 class Stages(PersonalStage):
     """Personal stage, then shared stage (FedAlt / FedRep / FedAPM); 0 = ``local-epochs``."""
 
-    shared_epochs: int = field(num("shared-epochs", int, 0, 0, doc="shared-stage epochs"))
+    shared_epochs: int = field(num("shared-epochs", int, 0, 0, 1000, "shared-stage epochs"))
 
 
 @dataclass(frozen=True)
@@ -238,8 +240,8 @@ class BayesHyper(LocalSGD, Penalty):
     precision_floor: float = field(
         num("precision-floor", float, 1e-8, 0.0, doc="precision floor", low_open=True)
     )
-    mc_samples: int = field(num("mc-samples", int, 1, 0, doc="MC samples per step"))
-    eval_samples: int = field(num("eval-samples", int, 16, 0, doc="posterior predictive draws"))
+    mc_samples: int = field(num("mc-samples", int, 1, 0, 1000, "MC samples per step"))
+    eval_samples: int = field(num("eval-samples", int, 16, 0, 10_000, "posterior predictive draws"))
 
 
 @dataclass(frozen=True)
@@ -257,7 +259,7 @@ class NewtonHyper(Local, Weighted):
 
     batch_size: int = field(BATCH_SIZE)
     eta: float = field(num("eta", float, 1.0, 0.0, doc="preconditioned step η", low_open=True))
-    newton_steps: int = field(num("newton-steps", int, 1, 1, doc="local steps K"))
+    newton_steps: int = field(num("newton-steps", int, 1, 1, 1000, "local steps K"))
     curvature: str = field(
         choice("curvature", "hessian", ("hessian", "foof", "diagonal"), "preconditioner kind")
     )
@@ -266,7 +268,7 @@ class NewtonHyper(Local, Weighted):
         choice("line-search", "armijo", ("armijo", "none"), "exact-Hessian backtracking")
     )
     foof_ema: float = field(num("foof-ema", float, 0.95, 0.0, 0.999, "FOOF statistics EMA"))
-    foof_refresh: int = field(num("foof-refresh", int, 1, 1, doc="FOOF refresh period"))
+    foof_refresh: int = field(num("foof-refresh", int, 1, 1, 1_000_000, "FOOF refresh period"))
     curvature_cap_mb: float = field(
         num("curvature-cap-mb", float, 64.0, 0.0, doc="curvature upload cap", low_open=True)
     )

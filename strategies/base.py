@@ -196,7 +196,13 @@ class FederatedStrategy:
             if expected is not None and len(self.nodes) >= expected:
                 break
             if time.monotonic() > deadline:
-                missing = sorted(set(range(expected or 0)) - set(self.nodes))
+                if expected is None:
+                    raise FederationError(
+                        f"no node reported its partition within round-timeout={self.timeout}s "
+                        f"({len(self._asked)} node(s) asked); start the SuperNodes or raise "
+                        "round-timeout"
+                    )
+                missing = sorted(set(range(expected)) - set(self.nodes))
                 raise FederationError(
                     f"only {len(self.nodes)} of {expected} partitions connected within "
                     f"round-timeout={self.timeout}s; missing partition-ids {missing}"

@@ -96,10 +96,14 @@ def whole(metrics: Mapping[str, float], key: str, low: int, high: int) -> int:
 
 
 def check_metric_values(metrics: Mapping[str, float]) -> None:
-    """Every value finite; fractions in [0, 1]; losses non-negative."""
+    """No value infinite (NaN is allowed: undefined, e.g. AUC on a one-class test split, and
+    skipped by the weighted means); fractions in [0, 1]; losses non-negative.
+    """
     for key, value in metrics.items():
-        if not math.isfinite(value):
-            raise ReplyError(f"metric {key!r} is not finite ({value})")
+        if math.isnan(value):
+            continue
+        if math.isinf(value):
+            raise ReplyError(f"metric {key!r} is infinite ({value})")
         if key.endswith(UNIT_METRICS) and not 0.0 <= value <= 1.0:
             raise ReplyError(f"metric {key!r} is {value}, expected a fraction in [0, 1]")
         if key.endswith(NONNEGATIVE_METRICS) and value < 0.0:

@@ -113,6 +113,7 @@ EVAL_EDITS = {
     "partition-list": _metric("partition-id", [0]),
     "num-examples-inf": _metric("num-examples", math.inf),
     "accuracy-5": _metric("accuracy", 5.0),
+    "loss-inf": _metric("loss", math.inf),
     "loss-negative": _metric("loss", -1.0),
 }
 
@@ -225,3 +226,14 @@ def test_non_finite_aggregate_is_rejected_and_state_kept(tmp_path: Path) -> None
     rows = result.rows
     assert [r.get("round-rejected") for r in rows[1:]] == [1.0, 1.0]
     assert rows[2]["global-accuracy"] == rows[0]["global-accuracy"]  # model kept at u^0
+
+
+def test_undefined_evaluate_metric_is_kept_and_skipped(tmp_path: Path) -> None:
+    """NaN (e.g. AUC of a one-class local test split) is no defect: the reply counts."""
+    result = run_in_process(
+        {**BASE, "algorithm": "fedavg", "output-dir": str(tmp_path)},
+        3,
+        tamper=on_partition(MessageType.EVALUATE, _metric("auc", math.nan)),
+    )
+    assert result.rows[-1]["dropped-replies"] == 0.0
+    assert math.isfinite(result.rows[-1]["personal-auc"])

@@ -71,6 +71,9 @@ SECURE = Layout()
 CERT_NAMES = ["${DUALFLOWER_CERT_NAME:-DNS:superlink}"]
 """SuperNodes elsewhere dial the docker host: ``DUALFLOWER_CERT_NAME=IP:<address>`` on ``up``."""
 DATABASE = f"{INSECURE.state}/superlink.db"
+TLS_DATABASE = f"{SECURE.state}/superlink-tls.db"
+"""The TLS federation keeps its own database: nodes of the insecure one (possibly still listed
+as online) are not its members."""
 CA_DIR = "/app/ca"
 NODE_KEYS = "/app/node-keys"
 """Where the ``certs`` service sees each SuperNode's key volume (``<NODE_KEYS>/supernode-<i>``)."""
@@ -183,7 +186,7 @@ def with_tls(num_nodes: int) -> dict[str, Any]:
             "depends_on": {"init": DONE},
         },
         "superlink": {
-            "command": link_command(SECURE, DATABASE),
+            "command": link_command(SECURE, TLS_DATABASE),
             "volumes": [ca_crt],
             "depends_on": {"certs": DONE},
         },

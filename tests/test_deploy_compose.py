@@ -11,7 +11,7 @@ import pytest
 
 from deploy import cli
 from deploy.cli import main as deploy_main
-from deploy.compose import DATABASE, FILES, IMAGE, render
+from deploy.compose import DATABASE, FILES, IMAGE, TLS_DATABASE, render
 from tests.compose_files import DOCKER, compose, merged
 
 OVERLAYS = [
@@ -79,7 +79,7 @@ def test_service_commands_parse_with_flowers_own_parsers(monkeypatch: pytest.Mon
                 argv = _flower_argv(svc, monkeypatch)
                 args = parsers[argv[0]].parse_args(argv[1:])
                 assert args.fleet_api_address == "0.0.0.0:9092"
-                assert args.database == DATABASE
+                assert args.database == (TLS_DATABASE if "with-tls.yaml" in files else DATABASE)
             elif program == "flower-supernode":
                 args = parsers[program].parse_args(svc["command"])
                 assert args.superlink == "superlink:9092", name

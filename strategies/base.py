@@ -33,7 +33,6 @@ from protocol.records import (
     BYTES_PER_CLIENT,
     CONFIG,
     INFO_ACTION,
-    METRICS,
     ROUND,
     SHARED,
     config_record,
@@ -49,7 +48,7 @@ from strategies.validation import (
     check_metric_values,
     decode_array,
     decode_records,
-    numbers,
+    reply_metrics,
     whole,
 )
 
@@ -153,6 +152,10 @@ class FederatedStrategy:
         self.round_log = RoundLog()
         self.state_scope = ""
         """Sent to clients as ``state-scope``: the directory of their state mirror."""
+        self.run_id = ""
+        """Sent to clients as ``run-id``: the run's unique id (kept by a resumed run)."""
+        self.default_state_dir = ""
+        """Sent to clients as ``default-state-dir``: their state mirror without a state-dir."""
         self._config_record = config_record(self.config)
 
     # ----------------------------------------------------------------- discovery / sampling
@@ -315,12 +318,7 @@ class FederatedStrategy:
         """The node's ``query.info`` answer, checked; FederationError naming what is wrong."""
         node = reply.metadata.src_node_id
         try:
-            if reply.has_error():
-                raise ReplyError(f"client error: {reply.error.reason}")
-            record = reply.content.metric_records.get(METRICS)
-            if record is None:
-                raise ReplyError(f"no MetricRecord {METRICS!r}")
-            m = numbers(record)
+            m = reply_metrics(reply)
             num = whole(m, "num-partitions", 1, MAX_PARTITIONS)
             pid = whole(m, "partition-id", 0, num - 1)
             info = NodeInfo(
@@ -386,6 +384,8 @@ class FederatedStrategy:
             self.client_alpha(partition_id),
             self.num_clients,
             self.state_scope,
+            self.run_id,
+            self.default_state_dir,
         )
 
     def in_shared_dtypes(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -487,15 +487,12 @@ class FederatedStrategy:
         template's shapes and dtypes, all finite (``strategies.validation``); then the rule's
         own ``check_reply``.
         """
-        if reply.has_error():
-            raise ReplyError(f"client error: {reply.error.reason}")
         content = reply.content
-        for name in self.reply_records:  # what arrived, whether or not it is usable
-            if name in content.array_records:
-                self.round_log.bytes_up += record_nbytes(content.array_records[name])
-        if METRICS not in content.metric_records:
-            raise ReplyError(f"no MetricRecord {METRICS!r}")
-        metrics = numbers(content.metric_records[METRICS])
+        if not reply.has_error():
+            for name in self.reply_records:  # what arrived, whether or not it is usable
+                if name in content.array_records:
+                    self.round_log.bytes_up += record_nbytes(content.array_records[name])
+        metrics = reply_metrics(reply)
         pid = self.sender_partition(reply, metrics)
         whole(metrics, "num-examples", 1, max(self.nodes[pid].num_train, 1))
         if not all(math.isfinite(v) for v in metrics.values()):
@@ -585,12 +582,7 @@ class FederatedStrategy:
         """An evaluation reply: the sender's ``partition-id``, ``num-examples`` an integer in
         [0, the node's reported ``num-test``], every metric finite and in its range.
         """
-        if reply.has_error():
-            raise ReplyError(f"client error: {reply.error.reason}")
-        record = reply.content.metric_records.get(METRICS)
-        if record is None:
-            raise ReplyError(f"no MetricRecord {METRICS!r}")
-        metrics = numbers(record)
+        metrics = reply_metrics(reply)
         pid = self.sender_partition(reply, metrics)
         whole(metrics, "num-examples", 0, self.nodes[pid].num_test)
         check_metric_values(metrics)

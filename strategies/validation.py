@@ -12,7 +12,9 @@ import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+
+from protocol.records import METRICS
 
 Template = dict[str, tuple[tuple[int, ...], str]]
 """Expected arrays of one record: name -> (shape, dtype), in record order."""
@@ -83,6 +85,16 @@ def numbers(record: MetricRecord) -> dict[str, float]:
             raise ReplyError(f"metric {key!r} is {type(value).__name__}, expected a number")
         out[key] = float(value)
     return out
+
+
+def reply_metrics(reply: Message) -> dict[str, float]:
+    """The reply's ``METRICS`` record as numbers; ReplyError for an error reply or no record."""
+    if reply.has_error():
+        raise ReplyError(f"client error: {reply.error.reason}")
+    record = reply.content.metric_records.get(METRICS)
+    if record is None:
+        raise ReplyError(f"no MetricRecord {METRICS!r}")
+    return numbers(record)
 
 
 def whole(metrics: Mapping[str, float], key: str, low: int, high: int) -> int:

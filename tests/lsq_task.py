@@ -100,3 +100,22 @@ class JointQuadraticTask(LeastSquaresTask):
 
     def build_model(self, personalization: str) -> nn.Module:
         return SplitLinear()
+
+
+def flat_record(record: Any) -> np.ndarray:
+    """The arrays of an ArrayRecord as one flat vector, in record order."""
+    return np.concatenate([a.numpy().ravel() for a in record.values()])
+
+
+def train_contents_by_round(grid: Any) -> dict[int, dict[int, Any]]:
+    """``{round: {partition: content}}`` of every training message an InProcessGrid sent."""
+    from flwr.app import MessageType
+
+    from protocol.records import ROUND
+
+    sent: dict[int, dict[int, Any]] = {}
+    for msg in grid.sent:
+        if msg.metadata.message_type == MessageType.TRAIN:
+            pid = int(grid.contexts[msg.metadata.dst_node_id].node_config["partition-id"])
+            sent.setdefault(int(msg.content[ROUND]["server-round"]), {})[pid] = msg.content
+    return sent

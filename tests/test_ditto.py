@@ -19,12 +19,19 @@ from flwr.app import MessageType
 
 from client_app.runtime import client_data
 from client_app.solvers.ditto import PERSONAL_MODEL
-from protocol.records import CONFIG, ROUND, SHARED
+from protocol.records import CONFIG, SHARED
 from server_app.config import ConfigError, validate_run_config
 from server_app.inprocess import InProcessGrid
 from tasks import registry
 from tests.conftest import default_config, read_metrics, run_local
-from tests.lsq_task import DIM, LeastSquaresTask, exact_config, lsq_clients
+from tests.lsq_task import (
+    DIM,
+    LeastSquaresTask,
+    exact_config,
+    flat_record,
+    lsq_clients,
+    train_contents_by_round,
+)
 from tests.test_engine import launch, leftover_processes
 
 M = 4
@@ -35,17 +42,6 @@ def _register(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.TASKS, "lsq", LeastSquaresTask)
 
 
-def _flat(record: Any) -> np.ndarray:
-    return np.concatenate([a.numpy().ravel() for a in record.values()])
-
-
-def _sent_by_round(grid: InProcessGrid) -> dict[int, dict[int, Any]]:
-    sent: dict[int, dict[int, Any]] = {}
-    for msg in grid.sent:
-        if msg.metadata.message_type == MessageType.TRAIN:
-            pid = int(grid.contexts[msg.metadata.dst_node_id].node_config["partition-id"])
-            sent.setdefault(int(msg.content[ROUND]["server-round"]), {})[pid] = msg.content
-    return sent
 
 
 def _personal(grid: InProcessGrid) -> dict[int, np.ndarray]:
@@ -54,7 +50,7 @@ def _personal(grid: InProcessGrid) -> dict[int, np.ndarray]:
     for ctx in grid.contexts.values():
         if PERSONAL_MODEL in ctx.state.array_records:
             pid = int(ctx.node_config["partition-id"])
-            out[pid] = _flat(ctx.state.array_records[PERSONAL_MODEL])
+            out[pid] = flat_record(ctx.state.array_records[PERSONAL_MODEL])
     return out
 
 
@@ -75,18 +71,18 @@ def test_ditto_personal_model_matches_float64_proximal_iteration(tmp_path: Path)
         "num-server-rounds": rounds,
     }
     _, grid = run_local(cfg, M)
-    sent = _sent_by_round(grid)
+    sent = train_contents_by_round(grid)
 
     data = lsq_clients(M, 3)
     a = [x.T @ x / len(y) for x, y in data]
     b = [x.T @ y / len(y) for x, y in data]
-    w = _flat(next(iter(sent[1].values()))[SHARED])
+    w = flat_record(next(iter(sent[1].values()))[SHARED])
     v: dict[int, np.ndarray] = {}
     for rnd in range(1, rounds + 1):
         assert len(sent[rnd]) == M // 2  # partial participation: 2 of 4 clients
         for content in sent[rnd].values():
             assert set(content.array_records) == {SHARED}
-            np.testing.assert_allclose(_flat(content[SHARED]), w, rtol=0, atol=1e-13)
+            np.testing.assert_allclose(flat_record(content[SHARED]), w, rtol=0, atol=1e-13)
         replies = []
         for k in sorted(sent[rnd]):
             wk = w.copy()
@@ -116,7 +112,7 @@ def test_ditto_personal_model_is_the_proximal_point(tmp_path: Path) -> None:
         "num-server-rounds": 1,
     }
     _, grid = run_local(cfg, M)
-    w0 = _flat(next(iter(_sent_by_round(grid)[1].values()))[SHARED])
+    w0 = flat_record(next(iter(train_contents_by_round(grid)[1].values()))[SHARED])
     got = _personal(grid)
     assert sorted(got) == list(range(M))
     for k, (x, y) in enumerate(lsq_clients(M, 3)):
@@ -143,7 +139,7 @@ def test_ditto_personalized_evaluation_uses_the_personal_model(tmp_path: Path) -
         next(m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN).content[CONFIG]
     )
     last = [m for m in grid.sent if m.metadata.message_type == MessageType.EVALUATE][-1]
-    w = _flat(last.content[SHARED])
+    w = flat_record(last.content[SHARED])
     personal = _personal(grid)
     assert 0 < len(personal) <= M
 

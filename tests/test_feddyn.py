@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import MessageType
 
 from client_app.app import app as client_app
 from client_app.solvers.feddyn import LINEAR
-from protocol.records import ROUND, SHARED
+from protocol.records import SHARED
 from server_app.app import run_federation
 from server_app.checkpoint import read_checkpoint
 from server_app.config import ConfigError, validate_run_config
@@ -25,7 +24,14 @@ from server_app.inprocess import InProcessGrid
 from strategies.feddyn import FedDynStrategy, H
 from tasks import registry
 from tests.conftest import default_config, read_metrics, run_local
-from tests.lsq_task import DIM, LeastSquaresTask, exact_config, lsq_clients
+from tests.lsq_task import (
+    DIM,
+    LeastSquaresTask,
+    exact_config,
+    flat_record,
+    lsq_clients,
+    train_contents_by_round,
+)
 from tests.test_engine import launch, leftover_processes
 
 M = 4
@@ -36,17 +42,6 @@ def _register(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.TASKS, "lsq", LeastSquaresTask)
 
 
-def _flat(record: Any) -> np.ndarray:
-    return np.concatenate([a.numpy().ravel() for a in record.values()])
-
-
-def _sent_by_round(grid: InProcessGrid) -> dict[int, dict[int, Any]]:
-    sent: dict[int, dict[int, Any]] = {}
-    for msg in grid.sent:
-        if msg.metadata.message_type == MessageType.TRAIN:
-            pid = int(grid.contexts[msg.metadata.dst_node_id].node_config["partition-id"])
-            sent.setdefault(int(msg.content[ROUND]["server-round"]), {})[pid] = msg.content
-    return sent
 
 
 def test_feddyn_matches_float64_reference_with_partial_participation(tmp_path: Path) -> None:
@@ -59,19 +54,19 @@ def test_feddyn_matches_float64_reference_with_partial_participation(tmp_path: P
         "num-server-rounds": rounds,
     }
     run_dir, grid = run_local(cfg, M)
-    sent = _sent_by_round(grid)
+    sent = train_contents_by_round(grid)
 
     data = lsq_clients(M, 3)
     a = [x.T @ x / len(y) for x, y in data]
     b = [x.T @ y / len(y) for x, y in data]
-    theta = _flat(next(iter(sent[1].values()))[SHARED])
+    theta = flat_record(next(iter(sent[1].values()))[SHARED])
     h = np.zeros(DIM)
     g = [np.zeros(DIM) for _ in range(M)]
     for rnd in range(1, rounds + 1):
         assert len(sent[rnd]) == M // 2  # partial participation: 2 of 4 clients
         for content in sent[rnd].values():
             assert set(content.array_records) == {SHARED}  # h never leaves the server
-            np.testing.assert_allclose(_flat(content[SHARED]), theta, rtol=0, atol=1e-13)
+            np.testing.assert_allclose(flat_record(content[SHARED]), theta, rtol=0, atol=1e-13)
         replies = []
         for k in sorted(sent[rnd]):
             th = theta.copy()
@@ -85,7 +80,7 @@ def test_feddyn_matches_float64_reference_with_partial_participation(tmp_path: P
     trained = set().union(*(set(s) for s in sent.values()))
     for pid, ctx in enumerate(grid.contexts.values()):
         if pid in trained:
-            got = _flat(ctx.state.array_records[LINEAR])
+            got = flat_record(ctx.state.array_records[LINEAR])
             np.testing.assert_allclose(got, g[pid], rtol=0, atol=1e-12)
         else:
             assert LINEAR not in ctx.state.array_records and not g[pid].any()
@@ -94,7 +89,7 @@ def test_feddyn_matches_float64_reference_with_partial_participation(tmp_path: P
     h_server = ckpt.rule_state[f"{H}/weight"].ravel()
     np.testing.assert_allclose(h_server, h, rtol=0, atol=1e-12)
     np.testing.assert_allclose(h_server, np.mean(g, axis=0), rtol=0, atol=1e-12)  # h = mean g_k
-    np.testing.assert_allclose(_flat(ckpt.global_record()), theta, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(flat_record(ckpt.global_record()), theta, rtol=0, atol=1e-12)
     rows = read_metrics(run_dir)
     assert rows[-1]["h-norm"] == pytest.approx(float(np.linalg.norm(h)), rel=1e-12)
     assert rows[1]["bytes-up"] == rows[1]["bytes-down"] == (M // 2) * 8 * DIM  # θ only

@@ -20,7 +20,7 @@ from protocol.records import CONTROL, ROUND, SHARED
 from strategies.scaffold import ScaffoldStrategy
 from tasks import registry
 from tests.conftest import default_config, read_metrics, run_local
-from tests.lsq_task import DIM, exact_config, lsq_clients
+from tests.lsq_task import DIM, exact_config, flat_record, lsq_clients
 from tests.test_fedpm import ConvexLSQ
 
 M = 4
@@ -30,9 +30,6 @@ M = 4
 def _register(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(registry.TASKS, "lsq", ConvexLSQ)
 
-
-def _flat(record: Any) -> np.ndarray:
-    return np.concatenate([a.numpy().ravel() for a in record.values()])
 
 
 def test_scaffold_matches_float64_reference_with_partial_participation(tmp_path: Path) -> None:
@@ -54,14 +51,14 @@ def test_scaffold_matches_float64_reference_with_partial_participation(tmp_path:
     data = lsq_clients(M, 3)
     a = [x.T @ x / len(y) for x, y in data]
     b = [x.T @ y / len(y) for x, y in data]
-    x = _flat(next(iter(sent[1].values()))[SHARED])
+    x = flat_record(next(iter(sent[1].values()))[SHARED])
     c = np.zeros(DIM)
     c_i = [np.zeros(DIM) for _ in range(M)]
     for rnd in range(1, rounds + 1):
         assert len(sent[rnd]) == M // 2  # partial participation: 2 of 4 clients
         for content in sent[rnd].values():
-            np.testing.assert_allclose(_flat(content[SHARED]), x, rtol=0, atol=1e-13)
-            np.testing.assert_allclose(_flat(content[CONTROL]), c, rtol=0, atol=1e-13)
+            np.testing.assert_allclose(flat_record(content[SHARED]), x, rtol=0, atol=1e-13)
+            np.testing.assert_allclose(flat_record(content[CONTROL]), c, rtol=0, atol=1e-13)
         ys, dcs = [], []
         for i in sorted(sent[rnd]):
             y = x.copy()
@@ -76,7 +73,7 @@ def test_scaffold_matches_float64_reference_with_partial_participation(tmp_path:
     assert sorted(sent[1]) != sorted(sent[2]) or sorted(sent[2]) != sorted(sent[3])
     for pid, ctx in enumerate(grid.contexts.values()):
         if C_LOCAL in ctx.state.array_records:
-            got = _flat(ctx.state.array_records[C_LOCAL])
+            got = flat_record(ctx.state.array_records[C_LOCAL])
             np.testing.assert_allclose(got, c_i[pid], rtol=0, atol=1e-12)
         else:
             assert not c_i[pid].any()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,14 +29,34 @@ def _round(msg: Message) -> RoundValues:
     return RoundValues.from_record(msg.content.config_records[ROUND])
 
 
+def state_dir(context: Context, config: dict[str, Any], rnd: RoundValues) -> str:
+    """Where this client mirrors its state: the node config's ``state-dir``, else the run
+    config's, else the server's default inside the run directory if that directory is
+    reachable from here (simulation, in-process, a shared file system), else nowhere.
+    """
+    chosen = str(context.node_config.get("state-dir", "") or config["state-dir"])
+    default = rnd.default_state_dir
+    if not chosen and default and Path(default).parent.is_dir():
+        return default
+    return chosen
+
+
 def _state(
     context: Context, config: dict[str, Any], pid: int, rnd: RoundValues, training: bool
 ) -> ClientState:
-    """This message's view of the client state: node-config ``state-dir`` over the run
-    config's, the server's state scope, and the rounds the message may use.
+    """This message's view of the client state: its directory (``state_dir``), the server's
+    state scope and run id, the algorithm, and the rounds the message may use.
     """
-    state_dir = str(context.node_config.get("state-dir", "") or config["state-dir"])
-    return ClientState(context, pid, state_dir, rnd.state_scope, rnd.server_round, training)
+    return ClientState(
+        context,
+        pid,
+        state_dir(context, config, rnd),
+        rnd.state_scope,
+        rnd.server_round,
+        training,
+        run_id=rnd.run_id,
+        algorithm=str(config["algorithm"]),
+    )
 
 
 @app.query(INFO_ACTION)

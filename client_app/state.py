@@ -2,15 +2,23 @@
 
 Kept in ``context.state`` (Flower ships it with every message) together with the round its
 groups belong to. With a ``state-dir``, every train handler of round ``r`` also writes all
-groups as one file ``<state-dir>/<state-scope>/partition-<id>/round-<r>.pt`` (write a temp
-file, then rename; the last ``KEEP`` files stay). The scope is sent by the server (the run
-name of the original run, kept by a resumed run), so a restarted SuperNode or a resumed run
-finds the files of its partition whatever Flower's run and node ids are.
+groups as one file ``<state-dir>/<state-scope>/<run-id>/partition-<id>/round-<r>.pt`` (write a
+temp file, then rename; the last ``KEEP`` files stay). Scope (the original run's name) and run
+id (generated once by the server, kept by a resumed run) are sent by the server, so a restarted
+SuperNode or a resumed run finds the files of its partition whatever Flower's run and node ids
+are, and two runs of the same name never share or prune each other's files.
+
+A round file records whose state it is (``StateIdentity``: run id, partition id, algorithm),
+its round and the ``state_digest`` of its groups. On load a file that is not readable, of
+another run, partition, algorithm or round, whose digest does not match or that holds
+non-finite values is refused (logged with the file and the reason) and the newest intact
+earlier file is used instead; if none is left the client starts clean (logged too).
 
 A train message of round ``r`` uses the newest state from a round ``< r``; an evaluate message
 the newest from a round ``<= r``. When ``context.state`` does not hold such a state (a fresh
-SuperNode process, a new run after a server resume) it is loaded from disk and the restore is
-appended to ``restores.jsonl`` in that directory.
+SuperNode process, a new run after a server resume) it is loaded from disk and the restore (or
+the clean start, with every refused file and its reason) is appended to ``restores.jsonl`` in
+that directory.
 
 The pieces: ``StateStore`` (where state lives: ``ContextStore`` in ``context.state``,
 ``MirroredStore`` in ``context.state`` mirrored to a ``DiskMirror``), ``RoundGate`` (which
@@ -27,7 +35,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -44,6 +52,8 @@ META = "dualflower-state"
 """ConfigRecord in ``context.state``: ``round`` = the round the groups belong to."""
 KEEP = 2
 """Round files kept per partition."""
+FORMAT = 1
+"""Layout version of a round file (``write_state_file``)."""
 RESTORES = "restores.jsonl"
 """One JSON line per restore from disk, next to the round files."""
 _ROUND_FILE = re.compile(r"round-(\d+)\.pt")
@@ -71,9 +81,110 @@ def round_files(directory: Path) -> dict[int, Path]:
     return {int(m.group(1)): directory / m.group(0) for m in found if m}
 
 
-def state_path(state_dir: str | Path, scope: str, partition_id: int) -> Path:
-    """``<state-dir>/<scope>/partition-<id>``: where one partition's round files live."""
-    return Path(state_dir) / scope / f"partition-{partition_id}"
+def state_path(state_dir: str | Path, scope: str, partition_id: int, run_id: str = "") -> Path:
+    """``<state-dir>/<scope>/<run-id>/partition-<id>``: where one partition's round files live
+    (``<state-dir>/<scope>/partition-<id>`` without a run id).
+    """
+    return Path(state_dir) / scope / run_id / f"partition-{partition_id}"
+
+
+@dataclass(frozen=True)
+class StateIdentity:
+    """Whose state a round file holds: the server's run id (kept by a resumed run), the
+    partition and the algorithm.
+    """
+
+    run_id: str
+    partition_id: int
+    algorithm: str
+
+
+class StateFileError(ValueError):
+    """A round file that must not be restored from (the message says why)."""
+
+
+def write_state_file(
+    path: Path, identity: StateIdentity, server_round: int, groups: Groups
+) -> None:
+    """Write ``groups`` as round ``server_round``'s file at ``path``, with identity and digest."""
+    torch.save(
+        {
+            "format": FORMAT,
+            "run-id": identity.run_id,
+            "partition-id": identity.partition_id,
+            "algorithm": identity.algorithm,
+            "round": server_round,
+            "digest": state_digest(groups),
+            "groups": groups,
+        },
+        path,
+    )
+
+
+def _load(path: Path) -> dict[str, object]:
+    """The raw content of a round file; StateFileError if it is not a readable torch dict."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated / empty / garbage: torch and pickle raise many types
+        raise StateFileError(
+            f"is not a readable state file ({type(err).__name__}: {str(err)[:160]})"
+        ) from None
+    if not isinstance(saved, dict):
+        raise StateFileError(f"holds a {type(saved).__name__}, not a state file's dict")
+    return saved
+
+
+def _groups(raw: object) -> Groups:
+    """``raw`` as state groups (dict of dicts of tensors); StateFileError otherwise."""
+    if not isinstance(raw, dict):
+        raise StateFileError(f"field 'groups' is a {type(raw).__name__}, not a dict")
+    for group, tensors in raw.items():
+        if not isinstance(group, str) or not isinstance(tensors, dict):
+            raise StateFileError(f"group {group!r} is not a named dict of tensors")
+        for name, tensor in tensors.items():
+            if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+                raise StateFileError(f"entry {group}/{name} is not a named tensor")
+    return cast(Groups, raw)
+
+
+def read_state_file(path: Path, identity: StateIdentity, server_round: int) -> Groups:
+    """The groups of round ``server_round``'s file at ``path`` if it is ``identity``'s and
+    intact (format, run id, partition id, algorithm, round, digest, finite values);
+    StateFileError saying what is wrong otherwise.
+    """
+    saved = _load(path)
+    expected: dict[str, object] = {
+        "format": FORMAT,
+        "run-id": identity.run_id,
+        "partition-id": identity.partition_id,
+        "algorithm": identity.algorithm,
+        "round": server_round,
+    }
+    for key, want in expected.items():
+        got = saved.get(key)
+        if type(got) is not type(want) or got != want:
+            whose = (
+                " (not this client's state)"
+                if key in ("run-id", "partition-id", "algorithm")
+                else ""
+            )
+            raise StateFileError(f"field {key!r} is {got!r}, expected {want!r}{whose}")
+    groups = _groups(saved.get("groups"))
+    try:
+        digest = state_digest(groups)
+    except (RuntimeError, TypeError, ValueError) as err:  # sparse or exotic tensor layouts
+        raise StateFileError(f"has tensors that cannot be hashed ({err})") from None
+    if saved.get("digest") != digest:
+        raise StateFileError(
+            f"field 'digest' is {saved.get('digest')!r}, but its tensors hash to {digest!r}"
+        )
+    for group, tensors in groups.items():
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() or tensor.is_complex():
+                bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+                if bad:
+                    raise StateFileError(f"tensor {group}/{name} holds {bad} non-finite value(s)")
+    return groups
 
 
 class StateStore(Protocol):
@@ -132,20 +243,37 @@ class ContextStore:
         self.context.state[META] = ConfigRecord({"round": server_round})
 
 
+Refusal = tuple[Path, str]
+"""A round file that was not restored from, and why."""
+
+
 class RestoreLog:
-    """``restores.jsonl`` next to the round files: one line per restore from disk."""
+    """``restores.jsonl`` next to the round files: one line per restore from disk (or clean
+    start after refused files), listing the files refused on the way.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / RESTORES
 
-    def append(self, server_round: int | None, restored: int, file: Path, groups: Groups) -> None:
-        """Record that round ``restored``'s file was loaded for a message of ``server_round``."""
+    def append(
+        self,
+        server_round: int | None,
+        restored: int | None,
+        file: Path | None,
+        groups: Groups,
+        refused: list[Refusal],
+    ) -> None:
+        """Record that round ``restored``'s file was loaded for a message of ``server_round``
+        (``restored`` None: a clean start), after refusing ``refused``.
+        """
         entry = {
             "round": restored if server_round is None else server_round,
             "restored-round": restored,
-            "file": file.name,
-            "digest": state_digest(groups),
+            "file": None if file is None else file.name,
+            "digest": None if file is None else state_digest(groups),
+            "refused": [{"file": p.name, "reason": reason} for p, reason in refused],
         }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
 
@@ -153,19 +281,24 @@ class RestoreLog:
 class DiskMirror:
     """Round files ``round-<r>.pt`` of one partition (atomic writes, newest ``KEEP`` kept)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
+    def __init__(self, directory: Path, identity: StateIdentity) -> None:
+        self.dir, self.identity = directory, identity
+        self.refused: list[Refusal] = []
+        """The files the last ``load`` refused, newest first, with the reason."""
 
     def load(self, max_round: int | None) -> tuple[int, Groups] | None:
-        """The newest allowed round file's groups."""
-        files = {
-            r: p for r, p in round_files(self.dir).items() if max_round is None or r <= max_round
-        }
-        if not files:
-            return None
-        restored = max(files)
-        groups: Groups = torch.load(files[restored], map_location="cpu", weights_only=True)
-        return restored, groups
+        """The newest allowed round file that is this identity's and intact; each refused
+        one is logged with its reason and kept in ``refused``.
+        """
+        self.refused = []
+        files = round_files(self.dir)
+        for rnd in sorted((r for r in files if max_round is None or r <= max_round), reverse=True):
+            try:
+                return rnd, read_state_file(files[rnd], self.identity, rnd)
+            except StateFileError as err:
+                self.refused.append((files[rnd], str(err)))
+                log(WARNING, "client state file %s refused: %s", files[rnd], err)
+        return None
 
     def file(self, server_round: int) -> Path:
         """The path of round ``server_round``'s file."""
@@ -175,7 +308,7 @@ class DiskMirror:
         """Write the round file atomically and prune older ones."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".round-{server_round}.pt.{os.getpid()}.tmp"
-        torch.save(groups, tmp)
+        write_state_file(tmp, self.identity, server_round, groups)
         tmp.replace(self.file(server_round))
         files = round_files(self.dir)
         for old in sorted(files)[:-KEEP]:
@@ -195,11 +328,21 @@ class MirroredStore:
         if held is not None:
             return held
         found = self.mirror.load(max_round)
+        refused = self.mirror.refused
         if found is None:
+            if refused:
+                self.log.append(self.server_round, None, None, {}, refused)
+                log(
+                    WARNING,
+                    "client state of %s: no intact round file left in %s (%d refused); clean start",
+                    self.mirror.dir.name,
+                    self.mirror.dir,
+                    len(refused),
+                )
             return None
         restored, groups = found
         self.memory.store(restored, groups)
-        self.log.append(self.server_round, restored, self.mirror.file(restored), groups)
+        self.log.append(self.server_round, restored, self.mirror.file(restored), groups, refused)
         log(
             INFO,
             "client state of %s restored from %s (round %d)",
@@ -220,7 +363,8 @@ class ClientState:
 
     ``server_round`` is the round of the message being handled (None: accept whatever
     ``context.state`` holds); a ``training`` message may use state from rounds before it, an
-    evaluation message also the state of its own round. ``groups`` are loaded once; ``put``
+    evaluation message also the state of its own round. ``run_id`` and ``algorithm`` (with the
+    partition) are the identity its round files must carry. ``groups`` are loaded once; ``put``
     stages changes that ``commit`` stores.
     """
 
@@ -232,14 +376,15 @@ class ClientState:
         scope: str = "",
         server_round: int | None = None,
         training: bool = True,
+        *,
+        run_id: str = "",
+        algorithm: str = "",
     ) -> None:
         memory = ContextStore(context)
+        where = state_path(state_dir, scope or f"run-{context.run_id}", partition_id, run_id)
+        identity = StateIdentity(run_id, partition_id, algorithm)
         self.store: StateStore = (
-            MirroredStore(
-                memory,
-                DiskMirror(state_path(state_dir, scope or f"run-{context.run_id}", partition_id)),
-                server_round,
-            )
+            MirroredStore(memory, DiskMirror(where, identity), server_round)
             if state_dir
             else memory
         )

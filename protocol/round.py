@@ -19,7 +19,11 @@ class RoundValues:
     ``weight`` is the client weight ``α_i`` in ``Σ_i α_i f_i`` (ALGORITHMS.md §1.1) under the
     run's client-weighting policy; ``lr`` the round's learning rate (after ``lr-schedule``);
     ``solver`` the name of the local solver the method pairs with its rule; ``state_scope`` the
-    directory name of the client state mirror (the original run's name, kept by a resume).
+    directory name of the client state mirror (the original run's name, kept by a resume);
+    ``run_id`` the run's unique id (generated once by the server, kept by a resume), which
+    scopes and identifies the client's state files; ``default_state_dir`` where the client
+    mirrors its state when neither its node config nor the run config sets ``state-dir`` (a
+    directory inside the run directory, used only where that run directory is reachable).
     """
 
     server_round: int
@@ -28,6 +32,8 @@ class RoundValues:
     weight: float = 0.0
     num_clients: int = 0
     state_scope: str = ""
+    run_id: str = ""
+    default_state_dir: str = ""
 
     def to_record(self) -> ConfigRecord:
         """The ``ROUND`` ConfigRecord (kebab-case names)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from methods.registry import METHODS
 from protocol.records import record_to_numpy, to_record
 from server_app.checkpoint import (
+    CLIENT_STATE_DIR,
     check_restorable,
     drop_after,
     load_resume,
@@ -81,6 +83,10 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
         resume_round=ckpt.round if ckpt is not None else None,
     )
     strategy.state_scope = ckpt.scope if ckpt is not None else recorder.dir.name
+    strategy.run_id = ckpt.run_id if ckpt is not None else uuid.uuid4().hex
+    # clients without a state-dir mirror their state inside the run dir (or the original's)
+    kept = str(ckpt.config.get("state-dir", "")) if ckpt is not None else ""
+    strategy.default_state_dir = kept or str(recorder.dir / CLIENT_STATE_DIR)
     resume = None
     if ckpt is not None:
         drop_after(ckpt.run_dir, ckpt.round)

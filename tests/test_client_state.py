@@ -11,9 +11,12 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
+from client_app.app import state_dir
 from client_app.runtime import PERSONAL
 from client_app.solvers.admm import PI
 from client_app.state import META, ClientState, round_files, state_digest, state_path
+from protocol.round import RoundValues
+from server_app.checkpoint import read_checkpoint
 from tests.conftest import run_local
 
 CPU = torch.device("cpu")
@@ -37,14 +40,15 @@ def test_round_files_are_atomic_and_only_the_last_two_stay(tmp_path: Path) -> No
     directory = state_path(tmp_path, "scope", 3)
     assert sorted(p.name for p in directory.iterdir()) == ["round-2.pt", "round-3.pt"]
     assert int(ctx.state[META]["round"]) == 3  # type: ignore[call-overload]
-    saved = torch.load(directory / "round-3.pt", weights_only=True)
+    saved = torch.load(directory / "round-3.pt", weights_only=True)["groups"]
     assert set(saved) == {"pi", "xi"}
     in_memory = {
         k: {n: torch.from_numpy(a.numpy()) for n, a in ctx.state.array_records[k].items()}
         for k in ("pi", "xi")
     }
     assert state_digest(saved) == state_digest(in_memory)
-    assert state_digest(saved) != state_digest(torch.load(directory / "round-2.pt"))
+    older = torch.load(directory / "round-2.pt", weights_only=True)["groups"]
+    assert state_digest(saved) != state_digest(older)
 
 
 def test_train_uses_earlier_rounds_evaluate_its_own(
@@ -72,7 +76,8 @@ def test_train_uses_earlier_rounds_evaluate_its_own(
         (3, 2, "round-2.pt"),
         (3, 3, "round-3.pt"),
     ]
-    assert lines[1]["digest"] == state_digest(torch.load(directory / "round-3.pt"))
+    saved = torch.load(directory / "round-3.pt", weights_only=True)["groups"]
+    assert lines[1]["digest"] == state_digest(saved)
     assert "restored" in caplog.text
 
 
@@ -95,10 +100,11 @@ def test_in_process_run_mirrors_every_partition(config: dict[str, Any], tmp_path
         }
     )
     run_dir, grid = run_local(config, 3)
+    run_id = read_checkpoint(run_dir).run_id
     for pid, nid in enumerate(grid.node_ids):
-        directory = state_path(tmp_path / "state", run_dir.name, pid)
+        directory = state_path(tmp_path / "state", run_dir.name, pid, run_id)
         assert sorted(round_files(directory)) == [2, 3]
-        saved = torch.load(directory / "round-3.pt", weights_only=True)
+        saved = torch.load(directory / "round-3.pt", weights_only=True)["groups"]
         assert {PI, PERSONAL} <= set(saved)
         ctx = grid.contexts[nid]
         in_memory = {
@@ -106,3 +112,28 @@ def test_in_process_run_mirrors_every_partition(config: dict[str, Any], tmp_path
             for k, rec in ctx.state.array_records.items()
         }
         assert state_digest(saved) == state_digest(in_memory)
+
+
+def test_state_dir_node_config_then_run_config_then_reachable_default(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    rnd = RoundValues(1, "sgd", 0.1, run_id="r", default_state_dir=str(run_dir / "client-state"))
+    ctx = Context(
+        run_id=1, node_id=5, node_config={"state-dir": "node"}, state=RecordDict(), run_config={}
+    )
+    assert state_dir(ctx, {"state-dir": "run-config"}, rnd) == "node"
+    assert state_dir(context(), {"state-dir": "run-config"}, rnd) == "run-config"
+    assert state_dir(context(), {"state-dir": ""}, rnd) == ""  # run dir not on this machine
+    run_dir.mkdir()
+    assert state_dir(context(), {"state-dir": ""}, rnd) == str(run_dir / "client-state")
+
+
+def test_files_of_one_scope_are_kept_apart_by_run_id(tmp_path: Path) -> None:
+    for run_id, value in (("first", 1.0), ("second", 2.0)):
+        for rnd in (1, 2, 3):
+            state = ClientState(context(), 0, str(tmp_path), "same", rnd, run_id=run_id)
+            state.put("pi", {"w": torch.full((2,), value)})
+            state.commit(rnd)
+    for run_id, value in (("first", 1.0), ("second", 2.0)):
+        assert sorted(round_files(state_path(tmp_path, "same", 0, run_id))) == [2, 3]
+        pi = ClientState(context(), 0, str(tmp_path), "same", 4, run_id=run_id).get("pi", CPU)
+        assert pi is not None and float(pi["w"][0]) == value

@@ -25,6 +25,7 @@ from client_app.solvers.admm import PI
 from client_app.state import RESTORES, round_files, state_digest, state_path
 from deploy.certs import make_node_key
 from deploy.cluster import CONTROL_PORT, FLEET_PORT
+from server_app.checkpoint import read_checkpoint
 from tests.compose_files import merged
 from tests.conftest import ROOT, read_metrics
 from tests.netlab import NetLab, Socket
@@ -238,7 +239,6 @@ def test_supernode_killed_in_round_2_comes_back_with_its_persisted_state(
         f"{RUN} round-timeout=90.0 min-available-nodes=3 output-dir='{out}' run-name='faulty'"
     )
     victim, pid = "supernode-2", 1
-    state_dir = state_path(cluster.volumes / "state-2", "faulty", pid)
     metrics = out / "faulty" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
@@ -247,6 +247,8 @@ def test_supernode_killed_in_round_2_comes_back_with_its_persisted_state(
         time.sleep(0.1)
     time.sleep(1.0)
     NetLab.kill(cluster.procs[victim])
+    run_id = read_checkpoint(out / "faulty").run_id  # round 1's checkpoint names the run
+    state_dir = state_path(cluster.volumes / "state-2", "faulty", pid, run_id)
     saved = tmp_path / "saved"
     shutil.copytree(state_dir, saved)
     assert round_files(saved), "the killed node had persisted no state"
@@ -262,7 +264,7 @@ def test_supernode_killed_in_round_2_comes_back_with_its_persisted_state(
     restores = [json.loads(x) for x in (state_dir / RESTORES).read_text().splitlines()]
     assert restores, "the restarted node did not restore its state from disk"
     first = restores[0]
-    groups = torch.load(saved / first["file"], weights_only=True)
+    groups = torch.load(saved / first["file"], weights_only=True)["groups"]
     assert first["digest"] == state_digest(groups)
     assert {PI, PERSONAL} <= set(groups), set(groups)  # multiplier and personal block
 

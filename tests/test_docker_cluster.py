@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from server_app.checkpoint import read_checkpoint
 from tests.compose_files import compose_binary
 from tests.conftest import ROOT, read_metrics
 
@@ -464,7 +465,8 @@ def test_supernode_killed_mid_run_is_restarted_and_restores_its_state(cluster: C
         "-T",
         "supernode-2",
         "cat",
-        "/app/state/kill/partition-1/restores.jsonl",
+        f"/app/state/kill/{read_checkpoint(cluster.outputs('kill')).run_id}/partition-1/"
+        "restores.jsonl",
         cwd=cluster.docker,
         env=cluster.env,
     )

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from client_app.state import state_path
-from server_app.checkpoint import round_dirs
+from server_app.checkpoint import read_checkpoint, round_dirs
 from tests.conftest import ROOT, read_metrics
 from tests.test_engine import launch
 
@@ -121,7 +121,8 @@ def test_killed_server_resumes_with_uninterrupted_metrics(tmp_path: Path) -> Non
     assert strip(read_metrics(run_dir)) == strip(read_metrics(out / "full"))
     assert [r["round"] for r in read_metrics(run_dir)] == [1, 2, 3, 4]
     restores = []
+    run_id = read_checkpoint(run_dir).run_id  # kept by the resume
     for pid in range(NODES):
-        log = state_path(state, "cut", pid) / "restores.jsonl"
+        log = state_path(state, "cut", pid, run_id) / "restores.jsonl"
         restores += [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     assert restores and all(e["restored-round"] <= 2 for e in restores)

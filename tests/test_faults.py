@@ -54,7 +54,6 @@ def test_node_silent_in_round_2_rejoins_with_new_id(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     grid = grid_with_state(state_dir)
     dead = grid.node_ids[1]
-    partition_dir = state_path(state_dir, "faults", 1)
     run_dir = tmp_path / "outputs" / "faults"
     checkpoints: dict[int, Any] = {}
 
@@ -62,6 +61,7 @@ def test_node_silent_in_round_2_rejoins_with_new_id(tmp_path: Path) -> None:
         group, kind = msg.metadata.group_id, msg.metadata.message_type
         if group == "2" and kind == "train" and not grid.silent:
             grid.silent.add(dead)  # the SuperNode dies: listed, never answers
+            partition_dir = state_path(state_dir, "faults", 1, read_checkpoint(run_dir).run_id)
             shutil.copy(partition_dir / "round-1.pt", tmp_path / "persisted.pt")
         if group == "2" and kind == "evaluate" and msg.metadata.dst_node_id == dead:
             grid.restart_node(dead)  # comes back with a new node id and empty state
@@ -82,15 +82,18 @@ def test_node_silent_in_round_2_rejoins_with_new_id(tmp_path: Path) -> None:
         np.testing.assert_array_equal(z1[1][name], z2[1][name])
     assert any(not np.array_equal(z1[0][k], z2[0][k]) for k in z1[0])
 
+    run_id = read_checkpoint(run_dir).run_id
+    partition_dir = state_path(state_dir, "faults", 1, run_id)
     new = grid.node_ids[1]
     assert new != dead and int(grid.contexts[new].state[META]["round"]) == 4  # type: ignore[call-overload]
     restores = [json.loads(x) for x in (partition_dir / "restores.jsonl").read_text().splitlines()]
     assert [(e["round"], e["restored-round"], e["file"]) for e in restores] == [
         (3, 1, "round-1.pt")
     ]
-    assert restores[0]["digest"] == state_digest(torch.load(tmp_path / "persisted.pt"))
+    persisted = torch.load(tmp_path / "persisted.pt", weights_only=True)["groups"]
+    assert restores[0]["digest"] == state_digest(persisted)
     for pid in (0, 2):
-        assert not (state_path(state_dir, "faults", pid) / "restores.jsonl").exists()
+        assert not (state_path(state_dir, "faults", pid, run_id) / "restores.jsonl").exists()
 
 
 def test_claim_on_a_partition_of_a_connected_node_is_refused(

@@ -123,8 +123,9 @@ def test_resumed_run_equals_uninterrupted(
     assert json.loads((run_dir / "config.json").read_text())["resumed-after-round"] == [2]
     assert sorted(round_dirs(run_dir / "checkpoint")) == [3, 4]
     restored = []
+    run_id = read_checkpoint(run_dir).run_id  # kept by the resume
     for pid in range(NODES):
-        log = state_path(state_dir, "cut", pid) / "restores.jsonl"  # none: never trained
+        log = state_path(state_dir, "cut", pid, run_id) / "restores.jsonl"  # none: never trained
         restored += [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     assert restored and all(e["round"] >= 3 and e["restored-round"] <= 2 for e in restored)
 

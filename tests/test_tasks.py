@@ -16,6 +16,7 @@ from tasks.base import DataOptions
 from tasks.breast_cancer import BreastCancerTask
 from tasks.digits import DigitsTask
 from tasks.synthetic import DIM, SyntheticTask, generate_synthetic
+from server_app.checkpoint import read_checkpoint
 from tests.conftest import read_metrics, run_local
 
 OPTS = DataOptions(data_dir="", download=False, seed=0, num_partitions=7)
@@ -66,9 +67,10 @@ def test_synthetic_fedadmm_with_state_dir(config: dict[str, Any], tmp_path: Path
     ctx = grid.contexts[nid]
     in_memory = ctx.state[PI]["linear.weight"].numpy()
     ctx.state = RecordDict()  # a restarted SuperNode has an empty context.state
-    restored = ClientState(ctx, 2, str(tmp_path / "state"), run_dir.name, 3).get(
-        PI, torch.device("cpu")
-    )
+    run_id = read_checkpoint(run_dir).run_id
+    restored = ClientState(
+        ctx, 2, str(tmp_path / "state"), run_dir.name, 3, run_id=run_id, algorithm="fedadmm"
+    ).get(PI, torch.device("cpu"))
     assert restored is not None
     np.testing.assert_array_equal(restored["linear.weight"].numpy(), in_memory)
 

@@ -113,6 +113,25 @@ class Method:
 EXAMPLES = {"client-weighting": "examples"}
 """FedAvg's sample-weighted mean."""
 
+NEWTON_ADMM: Mapping[str, Scalar] = {"rho": 1.0}
+"""``newton-admm``'s ρ. The delta-method client problem in ``m`` has the quadratic part
+``S_g + c∇²ℓ_k − V_k/ρ`` (§2.4), and ``∇²ℓ_k → 0`` away from the data for a logistic loss, so it
+is bounded below only if ``S_g − V_k/ρ ⪰ 0``. At the fixed point ``S_g = S_0 + Σ_j V_j``
+(§2.2), hence ``S_g − V_k/ρ = S_0 + Σ_{j≠k} V_j − (1/ρ − 1) V_k``, which is ``⪰ S_0`` for every
+number of clients iff ``ρ ≥ 1`` (with ρ = 0.01 the VON mean step went to 1e32 in round 2).
+Grid {0.01, 0.1, 0.5, 1.0} in benchmarks/README "Method defaults (issue 12, partial)"."""
+
+IVON_ADMM: Mapping[str, Scalar] = {
+    "lr": 1e-3,
+    "lr-schedule": "cosine",
+    "tau": 1e-3,
+    "rho": 0.2,
+    "gamma": 1e-3,
+}
+"""``ivon-admm``'s settings: the authors' FMNIST-heterogeneous ones (ALGORITHMS.md §2.5.6: τ 1e-3,
+ρ 0.2, γ 1e-3, h0 1e-3 = the key's default, cosine lr) with ``lr`` chosen on the grid
+{3e-4, 1e-3, 3e-3, 1e-2} (benchmarks/README "Method defaults (issue 12, partial)")."""
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -201,6 +220,7 @@ METHODS: dict[str, Method] = {
             BayesHyper,
             ("none",),
             "Bayesian ADMM, full covariance: VON / closed form on quadratics (small models)",
+            NEWTON_ADMM,
             check=check_full_covariance,
         ),
         Method(
@@ -210,6 +230,7 @@ METHODS: dict[str, Method] = {
             IVONHyper,
             ("none",),
             "IVON-ADMM: Bayesian ADMM with diagonal Gaussians, IVON with prior and duals",
+            IVON_ADMM,
             check=check_sampling,
         ),
         Method(

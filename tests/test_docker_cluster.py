@@ -450,7 +450,9 @@ def run_cluster(work: Path) -> Iterator[Cluster]:
     }
     c = Cluster(app, env, timings, simulated)
     every = ("compose.yaml", "with-tls.yaml")
+    down = ["docker", "compose", *("-f", every[0], "-f", every[1]), "down", "-v", "-t", "3"]
     try:
+        sh(*down, cwd=c.docker, env=env, timeout=120)  # leftovers of an interrupted run
         wait_port(WHEEL_PORT)
         archive = rootfs.result()
         if archive is not None:
@@ -459,7 +461,7 @@ def run_cluster(work: Path) -> Iterator[Cluster]:
         yield c
     finally:
         subprocess.run(
-            ["docker", "compose", *("-f", every[0], "-f", every[1]), "down", "-v", "-t", "3"],
+            down,
             cwd=c.docker,
             env=env,
             capture_output=True,

@@ -31,12 +31,15 @@ from deploy.cluster import (
     CONTROL_PORT,
     FLEET_PORT,
     POLL_ENV,
+    POLL_INTERVAL,
+    SUPERNODE,
     Layout,
     node_name,
     superlink_command,
     supernode_command,
 )
 from deploy.compose import write_compose_files
+from deploy.supernode_entry import check_interval
 
 CONNECTION = "dualflower"
 STARTED = re.compile(r"Successfully started run (\d+)")
@@ -192,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.add_argument("--state", required=True, help="client state directory")
     node.add_argument("--app-port", type=int, default=APP_PORT, help="local ClientApp API port")
     node.add_argument("--fleet-port", type=int, default=FLEET_PORT, help="SuperLink gRPC port")
+    node.add_argument(
+        "--poll-interval",
+        type=float,
+        default=POLL_INTERVAL,
+        help="seconds between the node's idle pulls and SuperExec task polls (Flower: 3 and 1)",
+    )
 
     reg = sub.add_parser("register", help="register SuperNode public keys with the SuperLink")
     reg.add_argument("--superlink", required=True, help="host:port of the SuperLink HTTP API")
@@ -244,7 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             fleet_port=args.fleet_port,
         )
         command = supernode_command(layout, args.index, args.num_partitions, args.app_port)
-        return _exec("flower-supernode", command, {**os.environ, **POLL_ENV})
+        try:
+            check_interval(args.poll_interval, "--poll-interval")
+        except ValueError as err:
+            parser.error(str(err))
+        polls = {name: str(args.poll_interval) for name in POLL_ENV}
+        return _exec(sys.executable, [*SUPERNODE[1:], *command], {**os.environ, **polls})
     if args.command == "register":
         env = write_connection(Path(args.flwr_home), args.superlink, args.ca)
         names = register_keys(env, Path(args.keys), args.nodes, args.wait)

@@ -17,8 +17,17 @@ from deploy.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 FLEET_PORT = 9092
 CONTROL_PORT = 8000
 APP_PORT = 9094
-POLL_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
-"""SuperExec task poll (default 1 s): the one latency knob flwr 1.39 exposes on the nodes."""
+POLL_INTERVAL = 0.1
+"""Default of both node-side polls (``dualflower-deploy supernode --poll-interval``)."""
+POLL_ENV = {
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(POLL_INTERVAL),
+    "DUALFLOWER_SUPERNODE_POLL_INTERVAL": str(POLL_INTERVAL),
+}
+"""Node-side polls: the SuperExec task poll (Flower's knob, default 1 s) and the SuperNode's
+idle pull (hard-coded 3 s in flwr 1.39, capped by ``SUPERNODE``'s entry point)."""
+SUPERNODE = ["python", "-m", "deploy.supernode_entry"]
+"""How a SuperNode starts: Flower's ``flower-supernode`` behind ``deploy/supernode_entry.py``
+(same arguments), which shortens its hard-coded idle sleep."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ hands the bind-mounted folders to Flower's user (uid 49999) before anything else
 SuperLink keeps its state (runs, registered node keys) in a database on a volume and reports
 healthy once both its ports listen (``up --wait``); every long-running service restarts after a
 crash (``restart: unless-stopped``: a ``docker stop`` / ``docker kill`` is a manual stop).
+SuperNodes start through ``deploy/supernode_entry.py`` (Flower's ``flower-supernode`` with its
+idle pull shortened) with the node-side polls of ``POLL_ENV`` in their environment.
 
 Overlays: ``with-tls.yaml`` (a one-shot ``certs`` service makes the CA, the SuperLink certificate
 and one key pair per SuperNode, TLS and SuperNode authentication, keys registered by a one-shot
@@ -34,6 +36,7 @@ from deploy.cluster import (
     CONTROL_PORT,
     FLEET_PORT,
     POLL_ENV,
+    SUPERNODE,
     Layout,
     certs_command,
     link_command,
@@ -150,7 +153,7 @@ def base(num_nodes: int) -> dict[str, Any]:
     }
     for i in range(1, num_nodes + 1):
         node = _app(
-            ["flower-supernode"],
+            SUPERNODE,
             supernode_command(INSECURE, i, num_nodes),
             ["./data:/app/data", f"state-{i}:{INSECURE.state}"],
         )

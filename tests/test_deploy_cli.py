@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,11 @@ def test_cli_execs_the_component_with_the_built_command(
         ]
     )
     program, argv, env = calls[0]
-    assert program == "flower-supernode" and argv[0] == "flower-supernode"
+    assert program == sys.executable and argv[1:3] == ["-m", "deploy.supernode_entry"]
     assert argv[argv.index("--port") + 1] == "9097"
     assert f'state-dir="{tmp_path / "s"}"' in argv[argv.index("--node-config") + 1]
     assert env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.1"
+    assert env["DUALFLOWER_SUPERNODE_POLL_INTERVAL"] == "0.1"
     cli.main(["superlink", "--insecure"])
     assert calls[1][1][:2] == ["flower-superlink", "--insecure"]
     cli.main(["superlink", "--certs", str(tmp_path), "--port", "18000", "--fleet-port", "19092"])

@@ -11,6 +11,7 @@ import pytest
 
 from deploy import cli
 from deploy.cli import main as deploy_main
+from deploy.cluster import SUPERNODE
 from deploy.compose import DATABASE, FILES, IMAGE, TLS_DATABASE, render
 from tests.compose_files import DOCKER, compose, merged
 
@@ -80,8 +81,8 @@ def test_service_commands_parse_with_flowers_own_parsers(monkeypatch: pytest.Mon
                 args = parsers[argv[0]].parse_args(argv[1:])
                 assert args.fleet_api_address == "0.0.0.0:9092"
                 assert args.database == (TLS_DATABASE if "with-tls.yaml" in files else DATABASE)
-            elif program == "flower-supernode":
-                args = parsers[program].parse_args(svc["command"])
+            elif svc["entrypoint"] == SUPERNODE:  # flower-supernode behind a short idle poll
+                args = parsers["flower-supernode"].parse_args(svc["command"])
                 assert args.superlink == "superlink:9092", name
                 assert "partition-id=" in args.node_config
             elif program == "sh":

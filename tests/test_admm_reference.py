@@ -61,10 +61,11 @@ def reference(cfg: dict[str, Any], u0: np.ndarray, schedule: list[list[int]]) ->
     for participants in schedule:
         for i in participants:
             w = u.copy()
-            for _ in range(
-                k
-            ):  # full-batch gradient steps on f_i + (<pi, w-u> + rho/2|w-u|^2)/alpha
-                w = w - lr * (a[i] @ w - b[i] + (pi[i] + rho * (w - u)) / alpha)
+            for _ in range(k):  # full-batch proximal-gradient steps on f_i + q_i,
+                # q_i = (<pi, w-u> + rho/2|w-u|^2)/alpha: gradient step on f_i, then the exact
+                # prox of lr*q_i (client_app.solvers.base.local_sgd)
+                y = w - lr * (a[i] @ w - b[i])
+                w = u + (y - u - lr * pi[i] / alpha) / (1 + lr * rho / alpha)
             pi[i] = pi[i] + rho * (w - u)  # dual update, §1.2 (c)
             z[i] = w + pi[i] / rho  # message, §1.2 (d)
         u = np.mean(z, axis=0)  # server: mean over all m, stale z_j included

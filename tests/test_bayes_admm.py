@@ -110,8 +110,9 @@ def classic_admm(
     cfg: dict[str, Any], theta0: np.ndarray, schedule: list[list[int]]
 ) -> list[np.ndarray]:
     """Consensus ADMM on ``Σℓ_k + (τs/2)‖θ‖²`` (§2.3): penalty ``ρ_A``, multipliers ``y_k``,
-    damping γ, exact server step, inexact clients (full-batch gradient steps of size
-    ``lr/N_k`` from the broadcast point; round 1 from the initial weights, centre 0)."""
+    damping γ, exact server step, inexact clients (full-batch proximal-gradient steps of size
+    ``lr/N_k`` from the broadcast point, the quadratic taken by its exact prox; round 1 from
+    the initial weights, centre 0)."""
     data = lsq_clients(K, int(cfg["seed"]))
     a, b = quadratics(int(cfg["seed"]))
     tau, s = cfg["tau"], cfg["prior-precision"]
@@ -125,7 +126,8 @@ def classic_admm(
             n = len(data[k][1])
             w = start.copy()
             for _ in range(cfg["local-epochs"]):
-                w = w - (lr / n) * (a[k] @ w - b[k] + ys[k] + rho_a * (w - centre))
+                y = w - (lr / n) * (a[k] @ w - b[k])  # then the exact prox of the quadratic
+                w = centre + (y - centre - (lr / n) * ys[k]) / (1 + (lr / n) * rho_a)
             ys[k] = ys[k] + gamma * rho_a * (w - centre)
             thetas[k] = w
         centre = (sum(ys) + rho_a * sum(thetas)) / (tau * s + K * rho_a)
@@ -159,7 +161,7 @@ def test_isotropic_bayes_admm_is_classic_admm(tmp_path: Path, fraction: float) -
         rho_a = cfg["tau"] * cfg["rho"] * cfg["prior-precision"]
         w = theta0.copy()
         for _ in range(cfg["local-epochs"]):
-            w = w - (cfg["lr"] / n) * (a[k] @ w - b[k] + rho_a * w)
+            w = (w - (cfg["lr"] / n) * (a[k] @ w - b[k])) / (1 + (cfg["lr"] / n) * rho_a)
         np.testing.assert_allclose(
             cfg["tau"] * vec(reply, DUAL_MEAN), cfg["gamma"] * rho_a * w, rtol=1e-12
         )

@@ -89,27 +89,33 @@ def broadcasts(grid: InProcessGrid) -> list[tuple[np.ndarray, list[int]]]:
 def reference(
     cfg: dict[str, Any], u0: np.ndarray, v0: np.ndarray, schedule: list[list[int]]
 ) -> list[np.ndarray]:
-    """§1.2 in float64 with full-batch gradient steps; u^t for every round."""
+    """§1.2 in float64 with full-batch gradient steps; u^t for every round.
+
+    ``warm-start='local'``: both stages start from the client's last ``u_i``, with
+    ``u_i^0 = u^0`` (§1.6) whatever the round of its first participation.
+    """
     b = blocks(int(cfg["seed"]))
     lr, rho, sigma, alpha = cfg["lr"], cfg["rho"], cfg["sigma"], 1.0 / M
+    local = cfg.get("warm-start") == "local"
     u = u0.copy()
     v = [v0.copy() for _ in range(M)]
+    u_own = [u0.copy() for _ in range(M)]
     pi = [np.zeros_like(u0) for _ in range(M)]
     z = [u0.copy() for _ in range(M)]
     us = [u.copy()]
     for part in schedule:
         for i in part:
-            w, v_prev, bi = u.copy(), v[i].copy(), b[i]
+            w, v_prev, bi = (u_own[i] if local else u).copy(), v[i].copy(), b[i]
+            # each step: gradient step on f_i, then the exact prox of the stage's quadratic
             for _ in range(cfg["personal-epochs"]):  # (a) ∇_v f = P v + C u − p
-                v[i] = v[i] - lr * (
-                    bi["P"] @ v[i] + bi["C"] @ w - bi["p"] + sigma / alpha * (v[i] - v_prev)
-                )
+                y = v[i] - lr * (bi["P"] @ v[i] + bi["C"] @ w - bi["p"])
+                v[i] = v_prev + (y - v_prev) / (1 + lr * sigma / alpha)
             for _ in range(cfg["shared-epochs"]):  # (b) ∇_u f = Q u + Cᵀ v − q
-                w = w - lr * (
-                    bi["Q"] @ w + bi["C"].T @ v[i] - bi["q"] + (pi[i] + rho * (w - u)) / alpha
-                )
+                y = w - lr * (bi["Q"] @ w + bi["C"].T @ v[i] - bi["q"])
+                w = u + (y - u - lr * pi[i] / alpha) / (1 + lr * rho / alpha)
             pi[i] = pi[i] + rho * (w - u)  # (c)
             z[i] = w + pi[i] / rho  # (d)
+            u_own[i] = w
         u = np.mean(z, axis=0)
         us.append(u.copy())
     return us
@@ -133,6 +139,24 @@ def test_iterates_equal_algorithm_1(tmp_path: Path, fraction: float) -> None:
     expected = reference(cfg, rounds[0][0], v0.numpy().ravel(), [p for _, p in rounds])
     for t, (u_sent, _) in enumerate(rounds):
         np.testing.assert_allclose(u_sent, expected[t], rtol=1e-12, atol=1e-13)
+
+
+def test_local_warm_start_begins_at_u0_under_partial_participation(tmp_path: Path) -> None:
+    """§1.6–1.7, ``warm-start='local'``: a client first sampled in round t > 1 starts its
+    stages at ``u_i^0 = u^0`` (rebuilt from the seed on the client), not at ``u^t``.
+    """
+    cfg = apm_config(tmp_path, **{"fraction-train": 0.5, "warm-start": "local"})
+    _, grid = run_local(cfg, M)
+    rounds = broadcasts(grid)
+    schedule = [p for _, p in rounds]
+    first = {i: next(t for t, p in enumerate(schedule) if i in p) for i in range(M)}
+    assert max(first.values()) > 0, first  # some client joins after round 1
+    v0 = build_skeleton(JointQuadraticTask(), "split-input", cfg["seed"]).init["personal.weight"]
+    expected = reference(cfg, rounds[0][0], v0.numpy().ravel(), schedule)
+    for t, (u_sent, _) in enumerate(rounds):
+        np.testing.assert_allclose(u_sent, expected[t], rtol=1e-12, atol=1e-13)
+    late = reference(cfg | {"warm-start": "server"}, rounds[0][0], v0.numpy().ravel(), schedule)
+    assert not np.allclose(late[-1], expected[-1], atol=1e-6)  # the start matters
 
 
 @pytest.mark.parametrize(("fraction", "rounds"), [(1.0, 150), (0.5, 400)])

@@ -6,17 +6,20 @@ last shared copy ``u_i`` and the inexactness level ``ξ_i``; it receives ``u^t``
 (a) personal stage: ``personal-epochs`` of SGD on ``α_i f_i(v, w_u) + (σ/2)||v − v_i^t||²``;
 (b) shared stage (inexact): ``shared-epochs`` of SGD on
     ``α_i f_i(v_i^{t+1}, w) + <π_i, w − u^t> + (ρ/2)||w − u^t||²``, warm-started at ``u^t``
-    (``warm-start='server'``, the official code) or ``u_i^t`` (``'local'``, the paper); with
+    (``warm-start='server'``, the official code) or ``u_i^t`` (``'local'``, the paper; with
+    ``u_i^0 = u^0`` at a client's first participation, whatever the round); with
     ``xi0 > 0`` it stops after the first epoch at which
     ``||α_i ∇_u f_i + π_i + ρ(w − u^t)||² ≤ ξ_i`` (full-batch), then ``ξ_i ← mu-xi · ξ_i``;
 (c) ``π_i ← π_i + ρ (u_i^{t+1} − u^t)``;
 (d) reply ``z_i = u_i^{t+1} + π_i/ρ``.
 
 Every step is taken on the stage objective divided by ``α_i``, so ``lr`` is the data-term step
-as in FedAvg (the paper's step is ``lr·α_i``: same iterates up to that reparameterisation,
-same fixed points). With no personal block, stage (a) is empty and this is exactly FedADMM
-(Gong et al. 2022, server step 1; §1.9). ``personal-epochs`` / ``shared-epochs`` of 0 mean
-``local-epochs``.
+as in FedAvg (the paper's step is ``lr·α_i``), and the stage's quadratic (penalty and
+multiplier, or ``σ``) is taken by its exact proximal map (``run_stage``), so that the stable
+step range ``lr < 2/L_i`` does not depend on the number of clients or their weights; same
+fixed points as the paper's gradient steps. With no personal block, stage (a) is empty and this
+is exactly FedADMM (Gong et al. 2022, server step 1; §1.9). ``personal-epochs`` /
+``shared-epochs`` of 0 mean ``local-epochs``.
 
 Each stage is safeguarded (``run_stage``): a stage whose objective diverges is rerun from its
 start with half the step. This is a step-size rule only, so the fixed points are unchanged.
@@ -31,8 +34,8 @@ from dataclasses import replace
 import torch
 
 from client_app.solvers.base import (
-    ExtraGrad,
     Groups,
+    Quadratic,
     Solver,
     SolverInput,
     SolverOutput,
@@ -41,6 +44,7 @@ from client_app.solvers.base import (
     sq_norm,
 )
 from protocol.records import Z
+from tasks.materialize import build_skeleton
 
 PI = "pi"
 """State key of the multiplier ``π_i`` (shared-block shape)."""
@@ -58,12 +62,9 @@ def stage_epochs(inp: SolverInput, key: str) -> int:
 MAX_HALVINGS = 6
 """Most step halvings of one stage (``run_stage``): ``lr·2^-6`` at the last attempt."""
 
-Penalty = Callable[[dict[str, torch.Tensor]], float]
-"""A stage's penalty ``P(w)`` over the stage's parameters, divided by ``α_i`` like its gradient."""
 
-
-def stage_objective(inp: SolverInput, names: list[str], penalty: Penalty) -> tuple[float, float]:
-    """``(f_i, Φ = f_i + P)`` at the current parameters, full-batch, in eval mode (no dropout,
+def stage_objective(inp: SolverInput, names: list[str], term: Quadratic) -> tuple[float, float]:
+    """``(f_i, Φ = f_i + q)`` at the current parameters, full-batch, in eval mode (no dropout,
     so no draw from torch's RNG and no gradient), the model's mode restored afterwards.
     """
     training = inp.model.training
@@ -71,47 +72,72 @@ def stage_objective(inp: SolverInput, names: list[str], penalty: Penalty) -> tup
     with torch.no_grad():
         data = float(inp.task.objective(inp.model, inp.train.x, inp.train.y))
     inp.model.train(training)
-    return data, data + penalty(inp.named(names))
+    return data, data + term.value(inp.named(names))
 
 
 def run_stage(
     inp: SolverInput,
     names: list[str],
     epochs: int,
-    extra_grad: ExtraGrad,
-    penalty: Penalty,
+    term: Quadratic,
     stop: Callable[[], bool] | None = None,
 ) -> float:
-    """``local_sgd`` on the stage objective ``Φ(w) = f_i(w) + P(w)``, with a divergence
-    safeguard on the step; returns the last epoch's mean loss.
+    """Proximal-gradient SGD (``local_sgd`` with ``quadratic=term``) on the stage objective
+    ``Φ(w) = f_i(w) + q(w)``, with a divergence safeguard; returns the last epoch's mean loss.
 
-    SGD with step ``lr`` is stable on ``Φ`` only while ``lr·L_Φ < 2``, ``L_Φ = L_i + ρ/α_i``
-    (shared stage) or ``L_i + σ/α_i`` (personal stage), where ``L_i`` is the smoothness of
-    ``f_i`` along the stage's block. ``L_i`` is not known and changes with the other block:
-    after a round of ADMM the shared block ``u^{t+1} = mean_i z_i`` is extrapolated
-    (``z_i = u_i + π_i/ρ``), so a personal head sees larger features and a larger ``L_i``
-    (FedAPM with 2 clients at ``lr = 0.2`` diverged in round 2 this way). The stage is declared
-    divergent when, from its start ``w_0`` to its end ``w_E``,
+    Step range. The stage term ``q`` is the quadratic ``(ρ/α_i)/2‖w − u^t‖² + ⟨π_i/α_i, w − u^t⟩``
+    (shared stage) or ``(σ/α_i)/2‖v − v_i^t‖²`` (personal stage): its curvature ``κ = ρ/α_i`` (or
+    ``σ/α_i``) is ``ρ·m`` with uniform weights and ``ρ·n/n_i`` with ``examples``. A gradient step
+    on ``Φ`` is stable only while ``lr·(L_i + κ) < 2`` (``L_i``: smoothness of ``f_i`` along the
+    block), which fails once ``m > 2/(lr·ρ)`` (1,000 clients at lr 0.2, ρ 0.01). The stage
+    therefore takes ``q`` by its exact proximal map (``Quadratic.prox``)
+
+        w ← u^t + (w − lr·ĝ_i − u^t − lr·π_i/α_i)/(1 + lr·ρ/α_i),
+
+    stable for ``lr < 2/L_i`` whatever ``m`` and the weighting (``local_sgd``), with the same
+    stationary points ``α_i∇f_i + π_i + ρ(u_i − u^t) = 0`` (§1.1).
+
+    Safeguard. ``L_i`` is not known and changes with the other block: after a round of ADMM
+    the shared block ``u^{t+1} = mean_i z_i`` is extrapolated (``z_i = u_i + π_i/ρ``), so a
+    personal head sees larger features and a larger ``L_i`` (FedAPM with 2 clients at
+    ``lr = 0.2`` diverged in round 2 this way). The stage is declared divergent when, from its
+    start ``w_0`` to its end ``w_E``,
 
         Φ(w_E) is not finite   or   Φ(w_E) − Φ(w_0) > f_i(w_0)
 
     (its objective rose by more than its whole data loss; SGD noise near a stationary point
     moves ``Φ`` by ``O(lr)``, far less). It is then rerun from ``w_0`` with ``lr/2``, at most
-    ``MAX_HALVINGS`` times. The rule changes step sizes only, never the stationarity conditions
-    of §1.1, so the fixed points are those of the unguarded method; the number of clients
-    enters only through ``α_i`` inside ``Φ``, not through the rule.
+    ``MAX_HALVINGS`` times. Step sizes only: the fixed points are those of §1.1.
     """
     start = inp.named(names)
-    data0, phi0 = stage_objective(inp, names, penalty)
+    data0, phi0 = stage_objective(inp, names, term)
     attempt = inp
     for halving in range(1, MAX_HALVINGS + 1):
-        loss = local_sgd(attempt, names, epochs, extra_grad, stop)
-        phi = stage_objective(inp, names, penalty)[1]
+        loss = local_sgd(attempt, names, epochs, None, stop, term)
+        phi = stage_objective(inp, names, term)[1]
         if math.isfinite(phi) and phi - phi0 <= data0:
             return loss
         inp.set_params(start)
         attempt = replace(inp, round=replace(inp.round, lr=inp.lr / 2**halving))
-    return local_sgd(attempt, names, epochs, extra_grad, stop)
+    return local_sgd(attempt, names, epochs, None, stop, term)
+
+
+def initial_shared(inp: SolverInput) -> dict[str, torch.Tensor]:
+    """``u^0``: the shared block of the seeded initial model (``build_skeleton``, the model the
+    server starts from), rebuilt here so that no extra array travels (§1.6).
+    """
+    init = build_skeleton(inp.task, str(inp.config["personalization"]), int(inp.config["seed"]))
+    return {k: init.init[k].to(inp.u[k]) for k in inp.shared}
+
+
+def warm_start(inp: SolverInput) -> dict[str, torch.Tensor]:
+    """Where the shared block starts (§1.7): ``u^t`` (``warm-start='server'``) or ``u_i^t``
+    (``'local'``), with ``u_i^0 = u^0`` (§1.6) for a client that has not trained yet — also when
+    it is first sampled in a round ``t > 1`` (partial participation).
+    """
+    if inp.config["warm-start"] != "local":
+        return inp.u
+    return inp.state.get(U_LOCAL, inp.u[inp.shared[0]].device) or initial_shared(inp)
 
 
 def admm(inp: SolverInput) -> SolverOutput:
@@ -120,40 +146,23 @@ def admm(inp: SolverInput) -> SolverOutput:
     rho, sigma = float(cfg["rho"]), float(cfg["sigma"])
     device = inp.u[inp.shared[0]].device
     pi = inp.state.get(PI, device) or {k: torch.zeros_like(v) for k, v in inp.u.items()}
-    if cfg["warm-start"] == "local":
-        start = inp.state.get(U_LOCAL, device) or inp.u
-        inp.set_params(start)
+    inp.set_params(warm_start(inp))
 
     loss = 0.0
-    if inp.personal:  # stage (a)
-        v_prev = inp.named(inp.personal)
+    if inp.personal:  # stage (a): f_i + (σ/α_i)/2 ||v − v_i^t||²
+        proximal = Quadratic(sigma / alpha, inp.named(inp.personal))
+        loss = run_stage(inp, inp.personal, stage_epochs(inp, "personal-epochs"), proximal)
 
-        def proximal(name: str, v: torch.Tensor) -> torch.Tensor:
-            return (sigma / alpha) * (v.detach() - v_prev[name])
-
-        def proximal_value(v: dict[str, torch.Tensor]) -> float:  # (σ/2α)||v − v_i^t||²
-            return sigma / (2 * alpha) * sq_norm({k: v[k] - v_prev[k] for k in v}) ** 2
-
-        epochs = stage_epochs(inp, "personal-epochs")
-        loss = run_stage(inp, inp.personal, epochs, proximal, proximal_value)
-
-    def lagrangian(name: str, w: torch.Tensor) -> torch.Tensor:
-        return (pi[name] + rho * (w.detach() - inp.u[name])) / alpha
-
-    def lagrangian_value(w: dict[str, torch.Tensor]) -> float:  # [<π, w−u> + (ρ/2)||w−u||²]/α
-        diff = {k: w[k] - inp.u[k] for k in w}
-        inner = sum(float((pi[k].double() * diff[k].double()).sum()) for k in w)
-        return (inner + rho / 2 * sq_norm(diff) ** 2) / alpha
-
+    # stage (b): f_i + [<π_i, w − u^t> + (ρ/2)||w − u^t||²]/α_i
+    lagrangian = Quadratic(rho / alpha, inp.u, {k: v / alpha for k, v in pi.items()})
     xi = inp.state.get(XI, device)
     xi_level = float(xi["value"]) if xi is not None else float(cfg["xi0"])
 
     def accurate_enough() -> bool:  # ||α∇_u f_i + π_i + ρ(w − u^t)||² ≤ ξ_i
-        return alpha**2 * full_grad_sq_norm(inp, inp.shared, lagrangian) <= xi_level
+        return alpha**2 * full_grad_sq_norm(inp, inp.shared, lagrangian.grad) <= xi_level
 
     stop = accurate_enough if xi_level > 0 else None
-    epochs = stage_epochs(inp, "shared-epochs")
-    loss = run_stage(inp, inp.shared, epochs, lagrangian, lagrangian_value, stop)  # (b)
+    loss = run_stage(inp, inp.shared, stage_epochs(inp, "shared-epochs"), lagrangian, stop)
     state: Groups = {}
     if xi_level > 0:
         state[XI] = {"value": torch.tensor([xi_level * float(cfg["mu-xi"])])}

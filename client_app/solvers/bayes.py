@@ -38,7 +38,14 @@ from ivon import IVON
 from torch import nn
 from torch.func import grad, hessian
 
-from client_app.solvers.base import Groups, Solver, SolverInput, SolverOutput, local_sgd
+from client_app.solvers.base import (
+    Groups,
+    Quadratic,
+    Solver,
+    SolverInput,
+    SolverOutput,
+    local_sgd,
+)
 from client_app.solvers.functional import sum_loss
 from protocol.gaussian import (
     Family,
@@ -177,15 +184,21 @@ def isotropic(inp: SolverInput) -> SolverOutput:
 
     This is the consensus-ADMM client ``argmin ℓ_k + y_kᵀθ + (ρ_ADMM/2)‖θ − θ_g‖²`` with
     ``ρ_ADMM = τρs`` and ``y_k = τ v_k``, divided by ``N_k`` (so ``lr`` is a FedAvg-scale step).
+    The quadratic has curvature ``κ = τρs/N_k``, which grows as clients get smaller
+    (``N_k = n/K`` for ``K`` equal clients); it is taken by its exact proximal map
+    (``local_sgd`` with a ``Quadratic``),
+
+        θ ← m_g + (θ − lr·∇f_k − m_g − lr·(τ/N_k)v_k)/(1 + lr·κ),
+
+    stable for ``lr < 2/L_k`` whatever ``K``, ``N_k`` and ``ρ`` (a gradient step needs
+    ``lr·(L_k + κ) < 2``); same stationary points.
     """
     rnd = GaussianRound.begin(inp, Family.ISOTROPIC)
     scale = rnd.tau / rnd.num_examples
-    v, m_g, s = rnd.named(rnd.dual_mean), rnd.named(rnd.mean_g), rnd.named(rnd.precision_g)
-
-    def penalty(name: str, w: torch.Tensor) -> torch.Tensor:
-        return scale * (v[name] + rnd.rho * s[name] * (w.detach() - m_g[name]))
-
-    loss = local_sgd(inp, inp.shared, int(inp.config["local-epochs"]), penalty)
+    s = float(inp.config["prior-precision"])
+    v, m_g = rnd.named(rnd.dual_mean), rnd.named(rnd.mean_g)
+    prior = Quadratic(scale * rnd.rho * s, m_g, {k: scale * t for k, t in v.items()})
+    loss = local_sgd(inp, inp.shared, int(inp.config["local-epochs"]), quadratic=prior)
     return rnd.finish(flatten(inp.named(inp.shared)), rnd.precision_g, loss)
 
 

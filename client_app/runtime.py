@@ -1,7 +1,8 @@
 """What a ClientApp handler needs before its solver runs: partition, device, data, model.
 
 Data tensors and the model skeleton are cached per process (simulation workers serve many
-nodes); the model's parameters are always overwritten from the message and the state.
+nodes); the model's parameters are always overwritten from the message and the state. The
+first message of a process also fixes torch's intra-op threads (``torch_threads``).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import hashlib
 import os
 from collections.abc import Mapping
 from functools import lru_cache
+from logging import DEBUG
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
+from flwr.common import log
 
 from client_app.state import ClientState
 from tasks.data import ArrayData, ClientSplit
@@ -23,6 +26,8 @@ from tasks.federation import build_federation, federation_spec
 from tasks.materialize import Skeleton, Tensors, as_tensors, build_skeleton
 from tasks.registry import get_task
 
+HANDLER_STARTED = "dualflower: handler loads its partition"
+"""DEBUG line of ``client_data`` (see there)."""
 PERSONAL = "personal"
 """State key of the personal block ``v_i`` (never sent)."""
 
@@ -103,6 +108,29 @@ def _data_key(
     return tuple(values.items())
 
 
+def cpu_budget() -> int:
+    """CPUs this process may use: ``OMP_NUM_THREADS`` when set (Ray sets it to a simulation
+    actor's ``client-resources-num-cpus``; set it in a SuperNode's environment to share a
+    machine between nodes), else torch's default, at most the CPUs of the affinity mask.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity else os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    wanted = int(omp) if omp.isdigit() and int(omp) > 0 else torch.get_num_threads()
+    return max(1, min(wanted, cpus))
+
+
+@lru_cache(maxsize=1)
+def torch_threads() -> int:
+    """Set torch's intra-op threads to ``cpu_budget()`` once per process; return the count
+    (two actors of one CPU each then use both cores of a 2-core box without oversubscription).
+    """
+    budget = cpu_budget()
+    if torch.get_num_threads() != budget:
+        torch.set_num_threads(budget)
+    return budget
+
+
 def client_data(
     config: Mapping[str, Any],
     context: Context,
@@ -111,7 +139,11 @@ def client_data(
 ) -> tuple[Tensors, Tensors]:
     """This node's (train, test) tensors on ``device``. The node config's ``data-dir``
     (``--node-config data-dir=...``) overrides the run config's: each machine has its own path.
+    Logs ``HANDLER_STARTED`` at DEBUG (``FLWR_LOG_LEVEL=DEBUG``): the end of the process's
+    imports in the deployment benchmark's phase breakdown.
     """
+    log(DEBUG, HANDLER_STARTED)
+    torch_threads()
     pid, num = node_partition(context)
     return _client_tensors(_data_key(config, context.node_config), pid, num, device, dtype)
 

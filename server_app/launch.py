@@ -6,6 +6,12 @@ Why not bare ``flwr run .``: its managed SuperLink installs the app's dependenci
 ``flower-superlink --simulation --disable-runtime-dependency-installation`` on a free
 loopback port under a private ``FLWR_HOME``, streams the run, checks its final status with
 ``flwr ls``, stops the SuperLink, and exits non-zero unless the run completed.
+
+Simulation resources: each ClientApp actor gets ``client-resources-num-cpus=1`` unless
+``--federation-config`` says otherwise (Flower's default, 2, runs one actor with two torch
+threads on a 2-core box; one CPU per actor runs one actor per core, each with one torch thread,
+see ``client_app.runtime.torch_threads``). ``check_resources`` refuses CPU and GPU requests
+Flower would reject late or obscurely.
 """
 
 from __future__ import annotations
@@ -22,7 +28,63 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from flwr.common.config import parse_config_args
+
 CONNECTION = "dualflower-sim"
+SIMULATION_DEFAULTS = {"client-resources-num-cpus": 1}
+"""Federation options ``dualflower-run`` adds unless ``--federation-config`` sets them."""
+
+
+class ResourceError(ValueError):
+    """A simulation resource option Flower's engine cannot satisfy."""
+
+
+def check_resources(options: dict[str, Any], cpus: int, gpus: int) -> None:
+    """Refuse, naming the key and what is allowed, ``client-resources-num-cpus`` that is not an
+    integer in [1, ``cpus``] and ``client-resources-num-gpus`` that is not 0, a fraction in
+    (0, 1] (clients sharing one GPU) or a whole number of GPUs, or more than ``gpus``.
+    """
+    num_cpus = options.get(
+        "client-resources-num-cpus", SIMULATION_DEFAULTS["client-resources-num-cpus"]
+    )
+    if isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or not 1 <= num_cpus <= cpus:
+        raise ResourceError(
+            f"client-resources-num-cpus={num_cpus!r}: use an integer from 1 to {cpus} "
+            "(the CPUs of this machine; Flower refuses fractions)"
+        )
+    num_gpus = options.get("client-resources-num-gpus", 0)
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int | float):
+        raise ResourceError(f"client-resources-num-gpus={num_gpus!r}: use a number")
+    if num_gpus == 0:
+        return
+    if not (0 < num_gpus <= 1 or (float(num_gpus).is_integer() and num_gpus >= 1)):
+        raise ResourceError(
+            f"client-resources-num-gpus={num_gpus!r}: use 0 (no GPU), a fraction in (0, 1] "
+            "(the GPU share of one client) or a whole number >= 1 (GPUs per client)"
+        )
+    if num_gpus > gpus:
+        raise ResourceError(
+            f"client-resources-num-gpus={num_gpus!r}: this machine has {gpus} CUDA GPU(s); "
+            "use 0 without a GPU"
+        )
+
+
+def cuda_devices() -> int:
+    """Number of CUDA devices torch sees (imports torch: call only when GPUs are asked for)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def federation_config(num_supernodes: int, extra: str) -> str:
+    """The ``--federation-config`` string: ``num-supernodes``, ``SIMULATION_DEFAULTS`` for keys
+    ``extra`` does not set, then ``extra``; checked by ``check_resources``.
+    """
+    options = parse_config_args([extra])
+    gpus = cuda_devices() if options.get("client-resources-num-gpus") else 0
+    check_resources(options, os.cpu_count() or 1, gpus)
+    defaults = [f"{k}={v}" for k, v in SIMULATION_DEFAULTS.items() if k not in options]
+    return " ".join([f"num-supernodes={num_supernodes}", *defaults, extra]).strip()
 
 
 def _free_port() -> int:
@@ -76,10 +138,19 @@ def main(argv: list[str] | None = None) -> int:
         "--run-config", "-c", default="", help="overrides, e.g. \"algorithm='fedprox'\""
     )
     parser.add_argument("--num-supernodes", type=int, default=20, help="simulated clients (20)")
-    parser.add_argument("--federation-config", default="", help="extra simulation options")
+    parser.add_argument(
+        "--federation-config",
+        default="",
+        help="simulation options, e.g. 'client-resources-num-gpus=0.5' "
+        "(client-resources-num-cpus=1 unless set)",
+    )
     parser.add_argument("--flwr-home", default="", help="FLWR_HOME to use (default: <app>/.flwr)")
     parser.add_argument("--startup-timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
+    try:
+        fed = federation_config(args.num_supernodes, args.federation_config)
+    except ValueError as err:  # ResourceError, or options Flower's parser cannot read
+        parser.error(f"--federation-config: {err}")
 
     app = Path(args.app).resolve()
     home = Path(args.flwr_home).resolve() if args.flwr_home else app / ".flwr"
@@ -119,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        wait_healthy(
-            f"http://127.0.0.1:{port}/health", superlink, log_path, args.startup_timeout
-        )
-        fed = f"num-supernodes={args.num_supernodes} {args.federation_config}".strip()
+        wait_healthy(f"http://127.0.0.1:{port}/health", superlink, log_path, args.startup_timeout)
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream", "--federation-config", fed]
         if args.run_config:
             cmd += ["--run-config", args.run_config]

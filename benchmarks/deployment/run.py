@@ -1,25 +1,28 @@
-"""Per-round time of dualflower in deployment (SuperLink + SuperNodes) vs simulation (issue 6).
+"""Per-round time of dualflower in deployment (SuperLink + SuperNodes) vs simulation (issue 14).
 
-    nice -n 10 python -m benchmarks.deployment.run [--rounds 5 --repeat 1 --timeout 600]
+    nice -n 10 python -m benchmarks.deployment.run [--rounds 5 --repeat 2 --timeout 600]
 
 One machine, loopback only, **insecure** (no TLS, no node auth: TLS adds handshakes on
 connection setup, not per-poll latency; see FLOWER_NOTES.md §4.7). The same job runs as:
 
-(sim)      ``dualflower-run --num-supernodes 3``: private simulation SuperLink, Ray engine.
-(dep-1.0)  ``flower-superlink`` + 3 ``flower-supernode`` in subprocess isolation, with the
-           arguments of ``deploy.cluster`` (what ``dualflower-deploy superlink|supernode
-           --insecure`` runs) on free loopback ports, each its own ``FLWR_HOME``, data and state
-           directory and session; the run submitted with ``dualflower-deploy submit
-           --insecure``. Flower's default SuperExec task poll (1 s).
-(dep-0.1)  the same with ``deploy.cluster.POLL_ENV`` (SuperExec task poll 0.1 s) on the
-           SuperNodes, as ``dualflower-deploy supernode`` and the compose files set it.
+(sim)         ``dualflower-run --num-supernodes 3``: private simulation SuperLink, Ray engine.
+(dep-flower)  ``flower-superlink`` + 3 ``flower-supernode`` in subprocess isolation, with the
+              arguments of ``deploy.cluster`` on free loopback ports, each its own
+              ``FLWR_HOME``, data and state directory and session; the run submitted with
+              ``dualflower-deploy submit --insecure``. Flower's polls: the SuperNode's
+              hard-coded 3 s idle sleep, the SuperExec's 1 s task poll.
+(dep)         the same with the SuperNodes as ``dualflower-deploy supernode`` starts them:
+              ``deploy.cluster.SUPERNODE`` (idle sleep capped) and ``POLL_ENV`` (both 0.1 s).
 
-Per variant: round times from the run's ``metrics.jsonl`` (``wall-time``), the run command's
-wall time, the wall time including cluster start and stop, and the final accuracy (the same
-seed and partitions everywhere, so it must match). Also the cold start of a Python process
-that imports the ClientApp (deployment starts one per message). Every wait has a time limit
-and every process started here is stopped (SuperNodes first). Writes
-``<out>/deployment.md``, ``<out>/deployment.json`` and the logs under ``<out>/logs``.
+Both deployment variants run with Flower's DEBUG logs (``FLWR_LOG_LEVEL=DEBUG``), whose
+timestamped lines mark each message's phases (``MARKS``, ``phases``); ClientApp processes are
+sampled from ``/proc``. Per variant: round times from the run's ``metrics.jsonl``
+(``wall-time``), the per-round phase breakdown, the run command's wall time, the wall time
+including cluster start and stop, and the final accuracy (the same seed and partitions
+everywhere, so it must match). Also the cold start of a Python process that imports the
+ClientApp (deployment starts one per message). Every wait has a time limit and every process
+started here is stopped (SuperNodes first). Writes ``<out>/deployment.md``,
+``<out>/deployment.json`` and the logs under ``<out>/logs``.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +49,9 @@ from typing import Any
 import flwr
 
 from benchmarks.timing import RoundTimes
+from client_app.runtime import HANDLER_STARTED
 from deploy.cli import CONNECTION
-from deploy.cluster import POLL_ENV, Layout, superlink_command, supernode_command
+from deploy.cluster import POLL_ENV, SUPERNODE, Layout, superlink_command, supernode_command
 from server_app.launch import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,9 +66,12 @@ JOB = {
 }
 VARIANTS = {
     "sim": "simulation engine (dualflower-run)",
-    "dep-1.0": "deployment, SuperExec poll 1 s (Flower default)",
-    "dep-0.1": "deployment, SuperExec poll 0.1 s (POLL_ENV)",
+    "dep-flower": "deployment, Flower's flower-supernode (idle sleep 3 s, SuperExec poll 1 s)",
+    "dep": "deployment, dualflower-deploy's SuperNode (both polls 0.1 s)",
 }
+DEBUG_ENV = {"FLWR_LOG_LEVEL": "DEBUG"}
+"""Flower's DEBUG logs on the SuperLink and SuperNodes (inherited by their app processes): the
+phase markers of the breakdown. Both deployment variants run with them."""
 
 
 @dataclass
@@ -89,12 +99,27 @@ def base_env(home: Path) -> dict[str, str]:
 
 
 def start(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session (so its group can be stopped alone), output to ``log``."""
+    """Start ``argv`` in its own session (so its group can be stopped alone); every output line
+    goes to ``log`` prefixed with the wall-clock time (s) at which it arrived here.
+    """
     cwd.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def copy(source: Any) -> None:
+        with log.open("wb") as out:
+            for line in iter(source.readline, b""):
+                out.write(f"{time.time():.3f} ".encode() + line)
+                out.flush()
+
+    threading.Thread(target=copy, args=(proc.stdout,), daemon=True).start()
+    return proc
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> str:
@@ -132,6 +157,36 @@ def run_timed(
     finally:
         stop(proc)
     return code, time.monotonic() - t0
+
+
+class ProcessWatch(threading.Thread):
+    """Samples ``/proc`` every ``period`` s for processes whose command line contains
+    ``needle``; ``seen[pid] = [command line, first seen, last seen]`` (wall-clock s).
+    """
+
+    def __init__(self, needle: str, period: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.needle, self.period = needle.encode(), period
+        self.seen: dict[int, list[Any]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            now = time.time()
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                pid = int(entry.name)
+                if pid in self.seen:
+                    self.seen[pid][2] = now
+                    continue
+                try:
+                    cmd = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if self.needle in cmd and b"python -m benchmarks" not in cmd:
+                    self.seen[pid] = [cmd.replace(b"\0", b" ").decode(), now, now]
+            time.sleep(self.period)
 
 
 def free_ports(n: int) -> list[int]:
@@ -226,9 +281,16 @@ def simulation(o: Outcome, scratch: Path, logs: Path, timeout: float) -> None:
 
 
 def deployment(
-    o: Outcome, scratch: Path, logs: Path, timeout: float, node_env: dict[str, str]
+    o: Outcome,
+    scratch: Path,
+    logs: Path,
+    timeout: float,
+    program: list[str],
+    node_env: dict[str, str],
 ) -> None:
-    """(dep-*): SuperLink + 3 SuperNodes on loopback, ``dualflower-deploy submit``, stop."""
+    """(dep-*): SuperLink + 3 SuperNodes (``program``, environment ``node_env``) on loopback,
+    ``dualflower-deploy submit``, stop; ClientApp processes watched in ``/proc``.
+    """
     control, fleet, *app_ports = free_ports(2 + CLIENTS)
     o.notes["ports"] = {"control": control, "fleet": fleet, "app": app_ports}
     others = other_superlinks()
@@ -245,7 +307,7 @@ def deployment(
         link_log = logs / f"{prefix}-superlink.log"
         link = start(
             ["flower-superlink", *link_args],
-            base_env(homes / "superlink"),
+            {**base_env(homes / "superlink"), **DEBUG_ENV},
             link_log,
             homes / "superlink",
         )
@@ -261,8 +323,8 @@ def deployment(
             args = supernode_command(mine, index, CLIENTS, port)
             args = with_value(args, "--superlink", f"127.0.0.1:{fleet}")
             node_logs.append(logs / f"{prefix}-{name}.log")
-            env = {**base_env(homes / name), **node_env}
-            nodes.append(start(["flower-supernode", *args], env, node_logs[-1], homes / name))
+            env = {**base_env(homes / name), **node_env, **DEBUG_ENV}
+            nodes.append(start([*program, *args], env, node_logs[-1], homes / name))
             started.insert(0, (name, nodes[-1]))
         wait_for_text(node_logs, nodes, "SuperNode ID:", 60.0)
         o.notes["nodes-ready-s"] = round(time.monotonic() - t0, 2)
@@ -270,15 +332,123 @@ def deployment(
         argv += ["--superlink", f"127.0.0.1:{control}", "--flwr-home", str(homes / "cli")]
         argv += ["--run-config", run_config(o.rounds, outputs)]
         cli_env = base_env(homes / "cli")
-        code, o.command_s = run_timed(argv, cli_env, logs / f"{prefix}-submit.log", ROOT, timeout)
+        watch = ProcessWatch("flwr-clientapp")
+        watch.start()
+        try:
+            code, o.command_s = run_timed(
+                argv, cli_env, logs / f"{prefix}-submit.log", ROOT, timeout
+            )
+        finally:
+            watch.done.set()
+            watch.join()
         o.notes["flwr-ls"] = flwr_ls(cli_env)
-        o.notes["clientapp-s-per-message"] = clientapp_seconds(o.notes["flwr-ls"], o.rounds)
         settle(o, code, outputs)
+        o.notes["phases"] = phases(node_logs, link_log, watch.seen, app_ports, o.rounds)
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         o.status = f"failed: {err}"
     finally:
         o.notes["stopped-with"] = {name: stop(proc) for name, proc in started}
         o.total_s = time.monotonic() - t0
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
+ROUND = re.compile(r"\[RUN \d+, ROUND ([^\]]+)\]")
+MARKS = {
+    "Receiving: ": "R",  # the SuperNode pulled the message (SuperNode)
+    "Received successfully": "Rs",  # ... and its arrays (SuperNode)
+    "Start `ClientApp` Loading.": "L",  # flwr-clientapp is up, imports the app (ClientApp)
+    HANDLER_STARTED: "H",  # the handler runs: app imported (ClientApp, client_app.runtime)
+    "Runtime.PushMessages": "PM",  # the ClientApp hands over its reply (SuperNode API)
+    "Sending: ": "S",  # the SuperNode pushes the reply to the SuperLink
+}
+COLUMNS = {
+    "idle pull": "ServerApp push -> the SuperNode has the message and its arrays",
+    "process start": "-> handler runs: SuperExec task poll, flwr-clientapp start, app imports",
+    "of which imports": "flwr-clientapp up -> handler runs (import client_app.app, torch)",
+    "compute": "handler -> reply handed to the SuperNode",
+    "reply": "-> the SuperNode pushes it (reply poll: Flower 0.5 s, capped like the idle sleep)",
+    "server wait": "last reply pushed -> the ServerApp pushes the next phase",
+}
+
+
+def _events(log: Path) -> list[tuple[float, str]]:
+    """(time, line) of a log written by ``start``: Flower's own timestamp when the line has one
+    (DEBUG logging), else the arrival time.
+    """
+    out = []
+    for raw in log.read_text(errors="replace").splitlines():
+        arrived, _, line = ANSI.sub("", raw).partition(" ")
+        found = STAMP.search(line)
+        t = float(arrived)
+        if found:
+            t = time.mktime(time.strptime(found.group(1), "%Y-%m-%d %H:%M:%S"))
+            t += int(found.group(2)) / 1000
+        out.append((t, line))
+    return out
+
+
+def _messages(log: Path) -> list[dict[str, Any]]:
+    """The messages one SuperNode handled (discovery left out): round label, type and the
+    time of each of ``MARKS``.
+    """
+    label, found = "", []
+    for t, line in _events(log):
+        if m := ROUND.search(line):
+            label = m.group(1)
+            continue
+        for text, mark in MARKS.items():
+            if text not in line:
+                continue
+            if mark == "R":
+                kind = line.split("Receiving: ", 1)[1].split(" ", 1)[0]
+                found.append({"round": label, "type": kind, "R": t})
+            elif found and mark not in found[-1]:
+                found[-1][mark] = t
+    return [m for m in found if m["round"] != "discovery" and "S" in m]
+
+
+def phases(
+    node_logs: list[Path],
+    link_log: Path,
+    processes: dict[int, list[Any]],
+    app_ports: list[int],
+    rounds: int,
+) -> dict[str, Any]:
+    """Per-round breakdown (``COLUMNS``; seconds, mean over the nodes, summed over the round's
+    phases) from the Flower DEBUG logs of the SuperLink (``Runtime.PushMessages``: the ServerApp
+    pushes a phase) and the SuperNodes (``MARKS``), and the ClientApp processes seen in /proc.
+    """
+    pushes = sorted(t for t, line in _events(link_log) if "Runtime.PushMessages" in line)
+    by_phase: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for log, port in zip(node_logs, app_ports, strict=True):
+        spawns = sorted(first for cmd, first, _ in processes.values() if f":{port}" in cmd)
+        for m in _messages(log):
+            m["spawn"] = next((t for t in spawns if m["R"] <= t <= m["S"]), None)
+            by_phase.setdefault((m["round"], m["type"]), []).append(m)
+    ordered = sorted(by_phase.items(), key=lambda kv: min(m["R"] for m in kv[1]))
+    starts = [
+        max((p for p in pushes if p <= min(m["R"] for m in ms)), default=None) for _, ms in ordered
+    ]
+    table: dict[str, dict[str, float]] = {}
+    for k, ((label, _), ms) in enumerate(ordered):
+        push = starts[k]
+        if push is None or any(key not in m for m in ms for key in ("Rs", "H", "PM", "L")):
+            continue
+        row = table.setdefault(label, {c: 0.0 for c in COLUMNS} | {"phases": 0.0})
+        mean = statistics.fmean
+        row["idle pull"] += mean(m["Rs"] - push for m in ms)
+        row["process start"] += mean(m["H"] - m["Rs"] for m in ms)
+        row["of which imports"] += mean(m["H"] - m["L"] for m in ms)
+        row["compute"] += mean(m["PM"] - m["H"] for m in ms)
+        row["reply"] += mean(m["S"] - m["PM"] for m in ms)
+        nxt = starts[k + 1] if k + 1 < len(starts) else None
+        row["server wait"] += (nxt - max(m["S"] for m in ms)) if nxt else math.nan
+        row["phases"] += 1
+        launches = [m["spawn"] - m["R"] for m in ms if m["spawn"] is not None]
+        row.setdefault("superexec launch", 0.0)
+        row["superexec launch"] += mean(launches) if launches else math.nan
+    return {"rounds": {k: {c: round(v, 3) for c, v in r.items()} for k, r in table.items()}}
 
 
 def flwr_ls(env: dict[str, str]) -> Any:
@@ -292,17 +462,6 @@ def flwr_ls(env: dict[str, str]) -> Any:
         check=False,
     ).stdout
     return json.loads(out[out.index("{") :]) if "{" in out else out.strip()
-
-
-def clientapp_seconds(listing: Any, rounds: int) -> float | None:
-    """ClientApp seconds per message (Flower's per-message processing time, summed over the
-    run) from a ``flwr ls`` listing: 3 nodes x (discovery + train and evaluate per round).
-    """
-    runs = listing.get("runs", []) if isinstance(listing, dict) else []
-    if not runs:
-        return None
-    total = float(runs[-1]["compute-time"]["clientapp-seconds"])
-    return round(total / (CLIENTS * (1 + 2 * rounds)), 2)
 
 
 def cold_start(code: str, reps: int = 3) -> float:
@@ -343,10 +502,44 @@ def report(outcomes: list[Outcome], starts: dict[str, float], command: str) -> l
     accs = {o.final_accuracy for o in outcomes if o.final_accuracy is not None}
     same = "identical in every run" if len(accs) == 1 else f"DIFFERENT: {sorted(accs)}"
     lines += ["", f"Final global accuracy: {same}.", ""]
+    lines += breakdown(outcomes)
     lines += [f'- cold start, `python -c "{code}"`: {s:.2f} s' for code, s in starts.items()]
     for o in outcomes:
-        keep = {k: v for k, v in o.notes.items() if k != "flwr-ls"}
+        keep = {k: v for k, v in o.notes.items() if k not in ("flwr-ls", "phases")}
         lines.append(f"- {o.key} rep {o.rep}: round times {_f_list(o.round_times)}; {keep}")
+    return lines
+
+
+def breakdown(outcomes: list[Outcome]) -> list[str]:
+    """Per-round phase tables of the deployment runs (``phases``), then their column legend."""
+    names = [*COLUMNS, "superexec launch", "phases"]
+    lines = []
+    for o in outcomes:
+        table = (o.notes.get("phases") or {}).get("rounds", {})
+        if not table:
+            continue
+        lines += [
+            f"Where the rounds of {VARIANTS[o.key]} (rep {o.rep}) went, s (mean over nodes, "
+            "summed over the round's phases):",
+            "",
+            "| round | wall | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        walls = dict(enumerate(o.round_times, start=1))
+        for label, row in table.items():
+            wall = walls.get(int(label)) if label.isdigit() else None
+            cells = " | ".join(_f(row.get(c)) for c in names)
+            lines.append(f"| {label} | {_f(wall)} | {cells} |")
+        lines.append("")
+    if lines:
+        lines += [f"- *{c}*: {text}" for c, text in COLUMNS.items()]
+        lines += [
+            "- *superexec launch*: the node starts receiving the message -> its ClientApp "
+            "process appears in /proc (sampled every 20 ms; Flower creates the task before the "
+            "arrays arrive, so this overlaps *idle pull* and *process start*)",
+            "- *wall*: the round's `wall-time` in metrics.jsonl; *phases*: messages per node",
+            "",
+        ]
     return lines
 
 
@@ -382,9 +575,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{key} rep {rep}] {VARIANTS[key]}", flush=True)
             if key == "sim":
                 simulation(o, scratch, logs, args.timeout)
+            elif key == "dep-flower":
+                deployment(o, scratch, logs, args.timeout, ["flower-supernode"], {})
             else:
-                node_env = dict(POLL_ENV) if key == "dep-0.1" else {}
-                deployment(o, scratch, logs, args.timeout, node_env)
+                ours = [sys.executable, *SUPERNODE[1:]]
+                deployment(o, scratch, logs, args.timeout, ours, dict(POLL_ENV))
             o.notes["load-after"] = os.getloadavg()[0]
             print(f"  {o.status}: rounds {_f_list(o.round_times)}, total {_f(o.total_s)} s")
             outcomes.append(o)

@@ -121,6 +121,24 @@ is bounded below only if ``S_g − V_k/ρ ⪰ 0``. At the fixed point ``S_g = S_
 number of clients iff ``ρ ≥ 1`` (with ρ = 0.01 the VON mean step went to 1e32 in round 2).
 Grid {0.01, 0.1, 0.5, 1.0} in benchmarks/README "Method defaults (issue 12, partial)"."""
 
+BAYES_ADMM: Mapping[str, Scalar] = {"rho": 10.0}
+"""``bayes-admm``'s ρ. Its client stage (§2.3 divided by ``N_k/τ``) is
+``f_k + (τ/N_k)[v_kᵀθ + (ρs/2)‖θ − m_g‖²]``: the coupling relative to the data term is
+``τρs/N_k`` and each round moves the scaled dual ``τv_k/N_k`` by ``γτρs(θ_k − m_g)/N_k``. With the
+key's default ρ = 0.01 that is 1e-4 on digits with 10 clients (``N_k ≈ 115``): the duals never
+reach ``−∇f_k(θ*)`` and the server step ``α = 1/(1+Kρ) ≈ 0.9`` keeps pulling ``m_g`` to the prior
+mean, so the global model stays at chance. Grid {0.01, 1, 10, 100} in benchmarks/README
+"Method defaults"; 100 over-couples (``α ≈ 1e-3``, clients barely move)."""
+
+SCAFFOLD: Mapping[str, Scalar] = {"lr": 0.05}
+"""SCAFFOLD's local step. The correction ``c − c_i`` is the drift estimated at the previous
+round's iterates; it is a good one only while a round moves the model little, ``K·lr·L ≲ 1``
+(the theory's ``η_l ≤ 1/(81 K L η_g)``), with ``K = local-epochs·⌈n_i/B⌉`` steps, so a client
+with more data needs a smaller step. At the shared default lr 0.2 (``K·lr ≈ 5`` on digits with 10
+clients) the train loss blew up after round 5 (2.4e7) even with iid data, and at lr 0.1 it
+rose again from round 15 (Dirichlet(0.1) gives some clients far larger ``K``). Grid
+{0.025, 0.05, 0.1, 0.2} in benchmarks/README "Method defaults"."""
+
 IVON_ADMM: Mapping[str, Scalar] = {
     "lr": 1e-3,
     "lr-schedule": "cosine",
@@ -212,6 +230,7 @@ METHODS: dict[str, Method] = {
             BayesHyper,
             ("none",),
             "Bayesian ADMM, isotropic fixed precision (= consensus ADMM with a prior), local SGD",
+            BAYES_ADMM,
         ),
         Method(
             "newton-admm",
@@ -268,6 +287,7 @@ METHODS: dict[str, Method] = {
             ScaffoldHyper,
             ("none",),
             "SCAFFOLD (Karimireddy et al.): SGD with control variates (option II), server-lr",
+            SCAFFOLD,
         ),
         Method(
             "ditto",

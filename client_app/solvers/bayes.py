@@ -214,6 +214,10 @@ def newton(inp: SolverInput) -> SolverOutput:
     ``S`` is floored (eigenvalues) after every update. On a quadratic ``ℓ_k`` with ``lr = 1``
     and the delta method the first iteration gives the closed form
     ``S_k = S_g + (A_k − τV_k)/(τρ)``, ``S_k m_k = S_g m_g + (b_k − τv_k)/(τρ)``.
+
+    Step range: both updates are preconditioned by the stage's own curvature ``S``, which holds
+    the penalty's ``S_g`` and the data's ``c∇²ℓ_k``, so on a quadratic the errors contract by
+    ``|1 − r|`` whatever ``K``, ``N_k`` or ``ρ``: stable for ``0 < lr < 2`` (exact at 1).
     """
     rnd = GaussianRound.begin(inp, Family.FULL)
     cfg = inp.config
@@ -373,7 +377,11 @@ def ivon(inp: SolverInput) -> SolverOutput:
     """``ivon-admm`` client (§2.9): IVON with prior ``(m_g, δ̄ = S_g/λ)`` and duals, then the dual
     step with ``S_k = λ(h + δ̄) = S_g + λh``.
 
-    ``λ = ess = N_k/(τρ)``. First participation: ``h = hess-init``, momentum 0, counter 0; later
+    ``λ = ess = N_k/(τρ)``. Step range: the mean step divides the whole gradient, prior and
+    dual terms included, by the precision ``h + δ̄``, so the penalty's share of the curvature
+    contracts by ``1 − lr·δ̄/(h + δ̄) ∈ (1 − lr, 1)``: stable for ``lr < 2`` whatever ``K``,
+    ``N_k`` or ``ρ`` (none enters the step bound; the floor keeps ``h + δ̄ > 0``).
+    First participation: ``h = hess-init``, momentum 0, counter 0; later
     rounds: ``h = 0`` (curvature reset, §2.5.3) and momentum and step counter from the state.
     Order of the random draws: the noise seed, then one batch order per epoch.
     """

@@ -20,7 +20,7 @@ Rounds. The acceptance cases, digits with 10 clients, run the default number of 
 The 2-client digits runs and the breast-cancer runs stop after ``SHORT = 5`` rounds: there every
 preset is at its floor by round 5 (2 clients hold half the data each; logistic regression
 converges in a few rounds), and the failure the 2-client case guards against (FedAPM at chance
-from round 2) shows early; their 20-round values are in benchmarks/README.md, "Method defaults".
+from round 2) shows early. Values: benchmarks/README.md, "Method defaults: the learning matrix".
 ``DUALFLOWER_MATRIX_ROUNDS=0`` runs every case at the default rounds (the command of that table).
 """
 

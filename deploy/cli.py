@@ -201,6 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=POLL_INTERVAL,
         help="seconds between the node's idle pulls and SuperExec task polls (Flower: 3 and 1)",
     )
+    node.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per ClientApp (OMP_NUM_THREADS; default: torch's, all cores); "
+        "use 1 when several SuperNodes share a machine",
+    )
 
     reg = sub.add_parser("register", help="register SuperNode public keys with the SuperLink")
     reg.add_argument("--superlink", required=True, help="host:port of the SuperLink HTTP API")
@@ -257,8 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_interval(args.poll_interval, "--poll-interval")
         except ValueError as err:
             parser.error(str(err))
-        polls = {name: str(args.poll_interval) for name in POLL_ENV}
-        return _exec(sys.executable, [*SUPERNODE[1:], *command], {**os.environ, **polls})
+        if args.threads < 0:
+            parser.error(f"--threads={args.threads}: use 1 or more (0: torch's default)")
+        env = {**os.environ, **{name: str(args.poll_interval) for name in POLL_ENV}}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        return _exec(sys.executable, [*SUPERNODE[1:], *command], env)
     if args.command == "register":
         env = write_connection(Path(args.flwr_home), args.superlink, args.ca)
         names = register_keys(env, Path(args.keys), args.nodes, args.wait)

@@ -25,6 +25,11 @@ POLL_ENV = {
 }
 """Node-side polls: the SuperExec task poll (Flower's knob, default 1 s) and the SuperNode's
 idle pull (hard-coded 3 s in flwr 1.39, capped by ``SUPERNODE``'s entry point)."""
+SHARED_HOST_ENV = {**POLL_ENV, "OMP_NUM_THREADS": "1"}
+"""Environment of SuperNodes that share one host (the compose cluster): the polls, and one torch
+thread per ClientApp process, as ``dualflower-run`` gives each simulation actor one CPU. Torch's
+CPU results depend on its thread count in the last bits, so equal thread counts also keep a
+deployed run bit-identical to the simulated one."""
 SUPERNODE = ["python", "-m", "deploy.supernode_entry"]
 """How a SuperNode starts: Flower's ``flower-supernode`` behind ``deploy/supernode_entry.py``
 (same arguments), which shortens its hard-coded idle sleep."""

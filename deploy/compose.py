@@ -9,7 +9,8 @@ SuperLink keeps its state (runs, registered node keys) in a database on a volume
 healthy once both its ports listen (``up --wait``); every long-running service restarts after a
 crash (``restart: unless-stopped``: a ``docker stop`` / ``docker kill`` is a manual stop).
 SuperNodes start through ``deploy/supernode_entry.py`` (Flower's ``flower-supernode`` with its
-idle pull shortened) with the node-side polls of ``POLL_ENV`` in their environment.
+idle pull shortened) with ``SHARED_HOST_ENV`` (node-side polls, one torch thread per ClientApp)
+in their environment.
 
 Overlays: ``with-tls.yaml`` (a one-shot ``certs`` service makes the CA, the SuperLink certificate
 and one key pair per SuperNode, TLS and SuperNode authentication, keys registered by a one-shot
@@ -35,7 +36,7 @@ from deploy.cluster import (
     APP_PORT,
     CONTROL_PORT,
     FLEET_PORT,
-    POLL_ENV,
+    SHARED_HOST_ENV,
     SUPERNODE,
     Layout,
     certs_command,
@@ -159,7 +160,7 @@ def base(num_nodes: int) -> dict[str, Any]:
         )
         services[node_name(i)] = {
             **node,
-            "environment": dict(POLL_ENV),
+            "environment": dict(SHARED_HOST_ENV),
             "depends_on": {"init": DONE, "superlink": HEALTHY},
             "restart": "unless-stopped",
         }
@@ -249,7 +250,7 @@ def with_process(num_nodes: int) -> dict[str, Any]:
         )
         services[f"superexec-clientapp-{i}"] = {
             **clientapp,
-            "environment": dict(POLL_ENV),
+            "environment": dict(SHARED_HOST_ENV),
             "depends_on": {node_name(i): {"condition": "service_started"}},
             **restart,
         }

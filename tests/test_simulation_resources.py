@@ -89,3 +89,22 @@ def test_clientapp_process_sets_torch_threads(omp: str) -> None:
     ).stdout.split()
     expected = 1 if omp else min(len(os.sched_getaffinity(0)), int(out[1]))
     assert out == [str(expected), str(expected)]
+
+
+def test_shared_host_supernodes_use_one_thread_like_simulation_actors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deploy import cli
+    from tests.compose_files import merged
+
+    services = merged(("compose.yaml", "with-process.yaml"))["services"]
+    for name in ("supernode-1", "superexec-clientapp-1"):  # where the ClientApps run
+        assert services[name]["environment"]["OMP_NUM_THREADS"] == "1", name
+    calls: list[dict[str, str]] = []
+    monkeypatch.setattr(cli.os, "execvpe", lambda _p, _a, env: calls.append(env))
+    node = ["supernode", "--insecure", "--index", "1", "--num-partitions", "2"]
+    node += ["--superlink", "x", "--data", "d", "--state", "s"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cli.main(node)
+    cli.main([*node, "--threads", "1"])
+    assert "OMP_NUM_THREADS" not in calls[0] and calls[1]["OMP_NUM_THREADS"] == "1"

@@ -11,8 +11,9 @@ connection setup, not per-poll latency; see FLOWER_NOTES.md §4.7). The same job
               ``FLWR_HOME``, data and state directory and session; the run submitted with
               ``dualflower-deploy submit --insecure``. Flower's polls: the SuperNode's
               hard-coded 3 s idle sleep, the SuperExec's 1 s task poll.
-(dep)         the same with the SuperNodes as ``dualflower-deploy supernode`` starts them:
-              ``deploy.cluster.SUPERNODE`` (idle sleep capped) and ``POLL_ENV`` (both 0.1 s).
+(dep)         the same with the SuperNodes as the compose cluster starts them:
+              ``deploy.cluster.SUPERNODE`` (idle sleep capped) and ``SHARED_HOST_ENV`` (both
+              polls 0.1 s). Both deployment variants use one torch thread per ClientApp.
 
 Both deployment variants run with Flower's DEBUG logs (``FLWR_LOG_LEVEL=DEBUG``), whose
 timestamped lines mark each message's phases (``MARKS``, ``phases``); ClientApp processes are
@@ -51,7 +52,14 @@ import flwr
 from benchmarks.timing import RoundTimes
 from client_app.runtime import HANDLER_STARTED
 from deploy.cli import CONNECTION
-from deploy.cluster import POLL_ENV, SUPERNODE, Layout, superlink_command, supernode_command
+from deploy.cluster import (
+    POLL_ENV,
+    SHARED_HOST_ENV,
+    SUPERNODE,
+    Layout,
+    superlink_command,
+    supernode_command,
+)
 from server_app.launch import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +77,9 @@ VARIANTS = {
     "dep-flower": "deployment, Flower's flower-supernode (idle sleep 3 s, SuperExec poll 1 s)",
     "dep": "deployment, dualflower-deploy's SuperNode (both polls 0.1 s)",
 }
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+"""Both deployment variants: one torch thread per ClientApp (3 SuperNodes share the machine, as
+``SHARED_HOST_ENV`` and the simulation's one-CPU actors do), so they differ only in the polls."""
 DEBUG_ENV = {"FLWR_LOG_LEVEL": "DEBUG"}
 """Flower's DEBUG logs on the SuperLink and SuperNodes (inherited by their app processes): the
 phase markers of the breakdown. Both deployment variants run with them."""
@@ -576,10 +587,10 @@ def main(argv: list[str] | None = None) -> int:
             if key == "sim":
                 simulation(o, scratch, logs, args.timeout)
             elif key == "dep-flower":
-                deployment(o, scratch, logs, args.timeout, ["flower-supernode"], {})
+                deployment(o, scratch, logs, args.timeout, ["flower-supernode"], ONE_THREAD)
             else:
                 ours = [sys.executable, *SUPERNODE[1:]]
-                deployment(o, scratch, logs, args.timeout, ours, dict(POLL_ENV))
+                deployment(o, scratch, logs, args.timeout, ours, dict(SHARED_HOST_ENV))
             o.notes["load-after"] = os.getloadavg()[0]
             print(f"  {o.status}: rounds {_f_list(o.round_times)}, total {_f(o.total_s)} s")
             outcomes.append(o)

@@ -144,6 +144,25 @@ class RunConfig:
     min_available_nodes: int = field(
         num("min-available-nodes", int, 1, 1, 1_000_000, "nodes to wait for before each round")
     )
+    evaluate_mode: str = field(
+        choice(
+            "evaluate-mode",
+            "fused",
+            ("fused", "separate"),
+            "personalized evaluation of round t with round t+1's train message (one exchange "
+            "per round), or in its own message",
+        )
+    )
+    max_update_norm: float = field(
+        num(
+            "max-update-norm",
+            float,
+            0.0,
+            0.0,
+            1e12,
+            "clip each reply's model update to this L2 norm (0 = off)",
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- local training

@@ -6,14 +6,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.runtime import PERSONAL, assemble_model, client_data, node_partition
 from client_app.solvers import SOLVERS
 from client_app.solvers.base import SavedState, SolverInput
 from client_app.state import ClientState
-from protocol.records import CONFIG, INFO_ACTION, METRICS, ROUND, SHARED, metric_record, to_record
+from protocol.records import (
+    CONFIG,
+    EVALUATION,
+    INFO_ACTION,
+    METRICS,
+    ROUND,
+    SHARED,
+    STATE_ACTION,
+    metric_record,
+    to_record,
+)
 from protocol.round import RoundValues
 from tasks.materialize import resolve_device
 from tasks.registry import get_task
@@ -45,7 +55,8 @@ def _state(
     context: Context, config: dict[str, Any], pid: int, rnd: RoundValues, training: bool
 ) -> ClientState:
     """This message's view of the client state: its directory (``state_dir``), the server's
-    state scope and run id, the algorithm, and the rounds the message may use.
+    state scope and run id, the algorithm, and the rounds the message may use (before or up
+    to its round, never after the client's last accepted reply).
     """
     return ClientState(
         context,
@@ -56,7 +67,27 @@ def _state(
         training,
         run_id=rnd.run_id,
         algorithm=str(config["algorithm"]),
+        accepted=rnd.accepted_round,
     )
+
+
+def _personal_metrics(
+    config: dict[str, Any],
+    context: Context,
+    u: ArrayRecord,
+    state: ClientState,
+    solver: str,
+    pid: int,
+) -> dict[str, Any]:
+    """Personalized evaluation on the local test split: ``u`` plus this client's personal
+    block, overlaid with the state group the round's solver evaluates (``Solver.evaluates``).
+    """
+    device = resolve_device(str(config["device"]))
+    sk = assemble_model(config, u, state, device, overlay=SOLVERS[solver].evaluates)
+    dtype = next(sk.model.parameters()).dtype
+    _, test = client_data(config, context, device, dtype)
+    scores = get_task(str(config["task"])).evaluate(sk.model, test.x, test.y)
+    return {"num-examples": len(test), "partition-id": pid, **scores}
 
 
 @app.query(INFO_ACTION)
@@ -74,16 +105,42 @@ def info(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS: metric_record(metrics)}), reply_to=msg)
 
 
+@app.query(STATE_ACTION)
+def state_round(msg: Message, context: Context) -> Message:
+    """Report ``state-round``: the round of the client state this node would continue from
+    in the message's round (from memory or its disk mirror; -1 when it holds none).
+    """
+    config, rnd = _config(msg), _round(msg)
+    pid, _ = node_partition(context)
+    loaded = _state(context, config, pid, rnd, training=True).loaded_round
+    metrics = {"partition-id": pid, "state-round": -1 if loaded is None else loaded}
+    return Message(RecordDict({METRICS: metric_record(metrics)}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Run the round's local solver from ``u^t`` and the client state; store the state it
-    returns (and the personal block); reply its arrays.
+    returns (and the personal block); reply its arrays. With ``RoundValues.evaluate`` the
+    reply also carries, as ``EVALUATION``, the personalized evaluation of the received ``u^t``
+    made first, from the same state: what a separate evaluate message of round ``t - 1``
+    would have returned (the fused protocol, one exchange per round).
     """
     config, rnd = _config(msg), _round(msg)
     solver = SOLVERS[rnd.solver]
     pid, _ = node_partition(context)
     device = resolve_device(str(config["device"]))
     state = _state(context, config, pid, rnd, training=True)
+    evaluation = (
+        {
+            EVALUATION: metric_record(
+                _personal_metrics(
+                    config, context, msg.content.array_records[SHARED], state, rnd.solver, pid
+                )
+            )
+        }
+        if rnd.evaluate
+        else {}
+    )
     sk = assemble_model(config, msg.content.array_records[SHARED], state, device)
     dtype = next(sk.model.parameters()).dtype
     train_data, _ = client_data(config, context, device, dtype)
@@ -126,26 +183,17 @@ def train(msg: Message, context: Context) -> Message:
     state.commit(rnd.server_round)
     metrics = {"num-examples": len(train_data), "partition-id": pid, **out.metrics}
     records: dict[str, Any] = {k: to_record(v) for k, v in out.records.items()}
-    return Message(RecordDict({**records, METRICS: metric_record(metrics)}), reply_to=msg)
+    content: dict[str, Any] = {**records, METRICS: metric_record(metrics), **evaluation}
+    return Message(RecordDict(content), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Personalized evaluation on the local test split: ``u`` plus this client's personal
-    block, overlaid with the state group the round's solver evaluates (``Solver.evaluates``).
-    """
+    """Personalized evaluation of the message's ``u`` (``_personal_metrics``)."""
     config, rnd = _config(msg), _round(msg)
     pid, _ = node_partition(context)
-    device = resolve_device(str(config["device"]))
-    sk = assemble_model(
-        config,
-        msg.content.array_records[SHARED],
-        _state(context, config, pid, rnd, training=False),
-        device,
-        overlay=SOLVERS[rnd.solver].evaluates,
+    state = _state(context, config, pid, rnd, training=False)
+    metrics = _personal_metrics(
+        config, context, msg.content.array_records[SHARED], state, rnd.solver, pid
     )
-    dtype = next(sk.model.parameters()).dtype
-    _, test = client_data(config, context, device, dtype)
-    scores = get_task(str(config["task"])).evaluate(sk.model, test.x, test.y)
-    metrics = {"num-examples": len(test), "partition-id": pid, **scores}
     return Message(RecordDict({METRICS: metric_record(metrics)}), reply_to=msg)

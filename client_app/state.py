@@ -15,10 +15,14 @@ non-finite values is refused (logged with the file and the reason) and the newes
 earlier file is used instead; if none is left the client starts clean (logged too).
 
 A train message of round ``r`` uses the newest state from a round ``< r``; an evaluate message
-the newest from a round ``<= r``. When ``context.state`` does not hold such a state (a fresh
-SuperNode process, a new run after a server resume) it is loaded from disk and the restore (or
-the clean start, with every refused file and its reason) is appended to ``restores.jsonl`` in
-that directory.
+the newest from a round ``<= r``; neither one from a round after the client's last reply the
+server accepted (sent in every message): a client whose reply was dropped goes back to the
+state the server's view matches, as if it had not taken part in that round. So the newest
+state and the state it was computed from are kept, in memory and on disk.
+
+When ``context.state`` does not hold such a state (a fresh SuperNode process, a new run after
+a server resume) it is loaded from disk and the restore (or the clean start, with every
+refused file and its reason) is appended to ``restores.jsonl`` in that directory.
 
 The pieces: ``StateStore`` (where state lives: ``ContextStore`` in ``context.state``,
 ``MirroredStore`` in ``context.state`` mirrored to a ``DiskMirror``), ``RoundGate`` (which
@@ -50,8 +54,10 @@ Groups = dict[str, dict[str, torch.Tensor]]
 
 META = "dualflower-state"
 """ConfigRecord in ``context.state``: ``round`` = the round the groups belong to."""
-KEEP = 2
-"""Round files kept per partition."""
+KEEP = 3
+"""Round files kept per partition at least (besides any newer than the base of the newest):
+the newest state, its base, and the one a resume from the server's newest checkpoint needs
+(with ``evaluate-mode='fused'`` that checkpoint trails the clients by one more round)."""
 FORMAT = 1
 """Layout version of a round file (``write_state_file``)."""
 RESTORES = "restores.jsonl"
@@ -194,53 +200,86 @@ class StateStore(Protocol):
         """The newest stored ``(round, groups)`` with round ``<= max_round`` (None: any)."""
         ...
 
-    def store(self, server_round: int, groups: Groups) -> None:
-        """Keep ``groups`` as round ``server_round``'s state."""
+    def store(self, server_round: int, groups: Groups, base_round: int | None = None) -> None:
+        """Keep ``groups`` as round ``server_round``'s state, computed from the state of
+        ``base_round`` (None: from a clean start), which stays available too.
+        """
         ...
 
 
 @dataclass(frozen=True)
 class RoundGate:
     """A train message of round ``r`` may use state from rounds ``< r``, an evaluate message
-    from rounds ``<= r`` (None: whatever is held).
+    from rounds ``<= r`` (None: whatever is held); neither from a round after ``accepted``,
+    the round of this client's last reply the server accepted (negative: not limited). A
+    client whose reply was dropped so continues from the state the server's view matches
+    (ALGORITHMS.md §1: its ``π_i`` / ``c_i`` stay in step with the server's ``z_i``).
     """
 
     server_round: int | None
     training: bool
+    accepted: int = -1
 
     @property
     def max_round(self) -> int | None:
         """The newest round this message may use."""
-        return None if self.server_round is None else self.server_round - int(self.training)
+        if self.server_round is None:
+            return None
+        newest = self.server_round - int(self.training)
+        return newest if self.accepted < 0 else min(newest, self.accepted)
 
 
 class ContextStore:
-    """State in ``context.state`` (Flower keeps it with the node between messages)."""
+    """State in ``context.state`` (Flower keeps it with the node between messages): the newest
+    groups and the groups they were computed from (``base/<group>``), so that a client whose
+    newest reply was dropped can go back one step.
+    """
+
+    BASE = "base/"
+    """Prefix of the base groups' records."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
 
-    def load(self, max_round: int | None) -> tuple[int, Groups] | None:
-        """The groups held, if their round is allowed."""
+    def _held(self) -> dict[int, Groups]:
+        """Every held ``round -> groups`` (the newest and its base)."""
         meta = self.context.state.config_records.get(META)
         if meta is None:
-            return None
-        held = int(cast(int, meta["round"]))
-        if max_round is not None and held > max_round:
-            return None
-        groups = {
-            key: {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
-            for key, record in self.context.state.array_records.items()
-        }
-        return held, groups
+            return {}
+        newest, base = int(cast(int, meta["round"])), int(cast(int, meta.get("base", -1)))
+        held: dict[int, Groups] = {newest: {}}
+        if base >= 0:
+            held[base] = {}
+        for key, record in self.context.state.array_records.items():
+            is_base = key.startswith(self.BASE)
+            rnd, name = (base, key[len(self.BASE) :]) if is_base else (newest, key)
+            held[rnd][name] = {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
+        return held
 
-    def store(self, server_round: int, groups: Groups) -> None:
-        """Replace every group in ``context.state``."""
+    def load(self, max_round: int | None) -> tuple[int, Groups] | None:
+        """The newest held groups whose round is allowed."""
+        held = self._held()
+        allowed = [r for r in held if max_round is None or r <= max_round]
+        if not allowed:
+            return None
+        newest = max(allowed)
+        return newest, held[newest]
+
+    def store(self, server_round: int, groups: Groups, base_round: int | None = None) -> None:
+        """Replace the held state by ``groups`` (round ``server_round``), keeping the held
+        groups of ``base_round`` (the round they were computed from) as the base.
+        """
+        base = self._held().get(base_round, None) if base_round is not None else None
         for key in list(self.context.state.array_records):
             del self.context.state[key]
         for key, tensors in groups.items():
             self.context.state[key] = to_record(tensors)
-        self.context.state[META] = ConfigRecord({"round": server_round})
+        kept = -1
+        if base is not None and base_round is not None and base_round != server_round:
+            kept = base_round
+            for key, tensors in base.items():
+                self.context.state[self.BASE + key] = to_record(tensors)
+        self.context.state[META] = ConfigRecord({"round": server_round, "base": kept})
 
 
 Refusal = tuple[Path, str]
@@ -279,7 +318,9 @@ class RestoreLog:
 
 
 class DiskMirror:
-    """Round files ``round-<r>.pt`` of one partition (atomic writes, newest ``KEEP`` kept)."""
+    """Round files ``round-<r>.pt`` of one partition (atomic writes; files older than the
+    one the newest state was computed from are pruned).
+    """
 
     def __init__(self, directory: Path, identity: StateIdentity) -> None:
         self.dir, self.identity = directory, identity
@@ -304,15 +345,20 @@ class DiskMirror:
         """The path of round ``server_round``'s file."""
         return self.dir / f"round-{server_round}.pt"
 
-    def store(self, server_round: int, groups: Groups) -> None:
-        """Write the round file atomically and prune older ones."""
+    def store(self, server_round: int, groups: Groups, base_round: int | None = None) -> None:
+        """Write the round file atomically; prune the files of rounds before ``base_round``
+        (the state ``groups`` were computed from, kept for a rollback) and before the newest
+        ``KEEP`` files.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f".round-{server_round}.pt.{os.getpid()}.tmp"
         write_state_file(tmp, self.identity, server_round, groups)
         tmp.replace(self.file(server_round))
         files = round_files(self.dir)
-        for old in sorted(files)[:-KEEP]:
-            files[old].unlink(missing_ok=True)
+        oldest_kept = min(sorted(files)[-KEEP:] + ([base_round] if base_round is not None else []))
+        for old in sorted(files):
+            if old < oldest_kept:
+                files[old].unlink(missing_ok=True)
 
 
 class MirroredStore:
@@ -352,10 +398,10 @@ class MirroredStore:
         )
         return found
 
-    def store(self, server_round: int, groups: Groups) -> None:
+    def store(self, server_round: int, groups: Groups, base_round: int | None = None) -> None:
         """In memory and on disk."""
-        self.memory.store(server_round, groups)
-        self.mirror.store(server_round, groups)
+        self.memory.store(server_round, groups, base_round)
+        self.mirror.store(server_round, groups, base_round)
 
 
 class ClientState:
@@ -363,9 +409,10 @@ class ClientState:
 
     ``server_round`` is the round of the message being handled (None: accept whatever
     ``context.state`` holds); a ``training`` message may use state from rounds before it, an
-    evaluation message also the state of its own round. ``run_id`` and ``algorithm`` (with the
-    partition) are the identity its round files must carry. ``groups`` are loaded once; ``put``
-    stages changes that ``commit`` stores.
+    evaluation message also the state of its own round, and neither a round after
+    ``accepted`` (the round of the client's last accepted reply). ``run_id`` and
+    ``algorithm`` (with the partition) are the identity its round files must carry.
+    ``groups`` are loaded once; ``put`` stages changes that ``commit`` stores.
     """
 
     def __init__(
@@ -379,6 +426,7 @@ class ClientState:
         *,
         run_id: str = "",
         algorithm: str = "",
+        accepted: int = -1,
     ) -> None:
         memory = ContextStore(context)
         where = state_path(state_dir, scope or f"run-{context.run_id}", partition_id, run_id)
@@ -388,16 +436,24 @@ class ClientState:
             if state_dir
             else memory
         )
-        self.gate = RoundGate(server_round, training)
+        self.gate = RoundGate(server_round, training, accepted)
         self._groups: Groups | None = None
+        self._loaded: int | None = None
+        """The round of the groups loaded (None: a clean start)."""
 
     @property
     def groups(self) -> Groups:
         """Every group this message may use (empty for a client that never stored any)."""
         if self._groups is None:
             found = self.store.load(self.gate.max_round)
-            self._groups = found[1] if found is not None else {}
+            self._loaded, self._groups = found if found is not None else (None, {})
         return self._groups
+
+    @property
+    def loaded_round(self) -> int | None:
+        """The round of the state this message uses (None: a clean start)."""
+        _ = self.groups
+        return self._loaded
 
     def get(self, key: str, device: torch.device) -> dict[str, torch.Tensor] | None:
         """The group ``key`` on ``device``, or None if this client never stored it."""
@@ -415,5 +471,7 @@ class ClientState:
             self.put(key, tensors)
 
     def commit(self, server_round: int) -> None:
-        """Store the staged groups as round ``server_round``'s state."""
-        self.store.store(server_round, self.groups)
+        """Store the staged groups as round ``server_round``'s state, keeping the state they
+        were computed from for a rollback (``RoundGate``).
+        """
+        self.store.store(server_round, self.groups, self.loaded_round)

@@ -28,6 +28,10 @@ CONFIG = "config"
 """ConfigRecord server -> client: the resolved run config plus ``server-round``."""
 METRICS = "metrics"
 """MetricRecord client -> server: ``num-examples``, ``partition-id`` and the solver's metrics."""
+EVALUATION = "evaluation"
+"""MetricRecord client -> server in a fused train reply (``RoundValues.evaluate``): the
+personalized evaluation of the model the message carried, made before training, with the same
+keys as an evaluate reply's ``METRICS``."""
 STATE_SCOPE = "state-scope"
 """Round value server -> client: the directory name of the client state mirror (the original
 run's name; a resumed run sends its checkpoint's)."""
@@ -35,6 +39,10 @@ ROUND = "round"
 """ConfigRecord server -> client: this message's per-round values (``protocol.round``)."""
 INFO_ACTION = "info"
 """Custom query action (``query.info``): the node reports its partition and data sizes."""
+STATE_ACTION = "state"
+"""``query.state``: a resumed run asks each node which round of its client state it holds
+(``state-round``; -1: none), before round 1, so that state lost with a SuperNode that kept no
+disk mirror is refused rather than silently restarted from zero."""
 
 
 # ----------------------------------------------------------------- rule-specific records

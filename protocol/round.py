@@ -23,7 +23,12 @@ class RoundValues:
     ``run_id`` the run's unique id (generated once by the server, kept by a resume), which
     scopes and identifies the client's state files; ``default_state_dir`` where the client
     mirrors its state when neither its node config nor the run config sets ``state-dir`` (a
-    directory inside the run directory, used only where that run directory is reachable).
+    directory inside the run directory, used only where that run directory is reachable);
+    ``accepted_round`` the round of this client's last reply the server accepted (0: none;
+    negative: not tracked), so that a client whose reply was dropped continues from the
+    matching state (``client_app.state.RoundGate``); ``evaluate`` 1 when a train message
+    also asks for the personalized evaluation of what it carries, before training (the
+    fused protocol, ``evaluate-mode='fused'``).
     """
 
     server_round: int
@@ -34,6 +39,8 @@ class RoundValues:
     state_scope: str = ""
     run_id: str = ""
     default_state_dir: str = ""
+    accepted_round: int = -1
+    evaluate: int = 0
 
     def to_record(self) -> ConfigRecord:
         """The ``ROUND`` ConfigRecord (kebab-case names)."""

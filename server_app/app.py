@@ -17,6 +17,7 @@ from methods.registry import METHODS
 from protocol.records import record_to_numpy, to_record
 from server_app.checkpoint import (
     CLIENT_STATE_DIR,
+    check_client_state,
     check_restorable,
     drop_after,
     load_resume,
@@ -60,6 +61,13 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
         )
     if ckpt is not None:  # every check before any output is changed
         check_restorable(ckpt, initial, strategy)
+        strategy.state_scope, strategy.run_id = ckpt.scope, ckpt.run_id
+        # clients without a state-dir mirror their state inside the original run dir
+        kept = str(ckpt.config.get("state-dir", ""))
+        strategy.default_state_dir = kept or str(ckpt.run_dir / CLIENT_STATE_DIR)
+        strategy.accepted = dict(ckpt.accepted)
+        if method.solver.keeps or skeleton.personal:
+            check_client_state(ckpt, strategy.state_rounds(grid, ckpt.round + 1))
     federation = build_federation(federation_spec(cfg, len(nodes)))
     evaluate_fn = (
         _global_evaluation(cfg, federation.server_test, skeleton, strategy.global_sampler())
@@ -82,16 +90,14 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
         },
         resume_round=ckpt.round if ckpt is not None else None,
     )
-    strategy.state_scope = ckpt.scope if ckpt is not None else recorder.dir.name
-    strategy.run_id = ckpt.run_id if ckpt is not None else uuid.uuid4().hex
-    # clients without a state-dir mirror their state inside the run dir (or the original's)
-    kept = str(ckpt.config.get("state-dir", "")) if ckpt is not None else ""
-    strategy.default_state_dir = kept or str(recorder.dir / CLIENT_STATE_DIR)
+    if ckpt is None:  # clients without a state-dir mirror their state inside the run dir
+        strategy.state_scope, strategy.run_id = recorder.dir.name, uuid.uuid4().hex
+        strategy.default_state_dir = str(recorder.dir / CLIENT_STATE_DIR)
     resume = None
     if ckpt is not None:
         drop_after(ckpt.run_dir, ckpt.round)
         restore_rng(ckpt.rng)
-        resume = ResumePoint(ckpt.round, ckpt.global_record(), ckpt.rule_state)
+        resume = ResumePoint(ckpt.round, ckpt.global_record(), ckpt.rule_state, ckpt.accepted)
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         write_checkpoint(recorder.dir, make_checkpoint(server_round, arrays, strategy, cfg))

@@ -3,7 +3,8 @@
 Layout (one directory per round, the newest ``KEEP`` kept)::
 
     <run dir>/checkpoint/round-<k>/state.json   round, state scope, run id, resolved run
-                                                 config, rule class, array names, RNG states
+                                                 config, rule class, array names, RNG states,
+                                                 each partition's last accepted round
     <run dir>/checkpoint/round-<k>/arrays.npz   "global/<name>": the global arrays after round
                                                  k; "rule/<key>": the rule's checkpoint_state()
 
@@ -120,6 +121,8 @@ class Checkpoint:
     num_clients: int
     rng: dict[str, Any]
     """Global RNG states of the ServerApp process (python, numpy, torch)."""
+    accepted: dict[int, int]
+    """Partition -> round of its last accepted reply (what a rollback returns clients to)."""
     path: Path | None = None
 
     @property
@@ -277,6 +280,7 @@ def write_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "num-clients": ckpt.num_clients,
         "global-arrays": list(ckpt.arrays),
         "rule-arrays": list(ckpt.rule_state),
+        "accepted-rounds": [ckpt.accepted.get(p, 0) for p in range(ckpt.num_clients)],
         "rng": {k: v for k, v in ckpt.rng.items() if k != "torch"},
         "run-config": ckpt.config,
     }
@@ -320,6 +324,7 @@ def make_checkpoint(
         rule=type(strategy).__name__,
         num_clients=strategy.num_clients,
         rng=capture_rng(),
+        accepted=dict(strategy.accepted),
     )
 
 
@@ -397,6 +402,14 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise checkpoint_error(file, "field 'num-clients'", f"is {clients}; expected >= 1")
     _names(meta, file, "global-arrays")
     _names(meta, file, "rule-arrays")
+    accepted = _field(meta, file, "accepted-rounds", list, f"{clients} round numbers")
+    if len(accepted) != clients or not all(_is_int(a, 0, rnd) for a in accepted):
+        raise checkpoint_error(
+            file,
+            "field 'accepted-rounds'",
+            f"is {accepted!r:.80}; expected {clients} integers in [0, {rnd}] (the round of each "
+            "partition's last accepted reply)",
+        )
     _field(meta, file, "rng", dict, "the python and numpy RNG states")
     config = _field(meta, file, "run-config", dict, "the resolved run config")
     for key, value in config.items():
@@ -482,6 +495,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         rule=meta["rule"],
         num_clients=meta["num-clients"],
         rng=rng,
+        accepted={p: a for p, a in enumerate(meta["accepted-rounds"]) if a > 0},
         path=directory,
     )
 
@@ -554,6 +568,33 @@ def check_restorable(ckpt: Checkpoint, initial: ArrayRecord, strategy: Federated
         raise checkpoint_error(
             arrays_file, "the rule state", f"is refused by {rule}.restore_state: {err}"
         ) from None
+
+
+def check_client_state(ckpt: Checkpoint, reported: Mapping[int, int | str]) -> None:
+    """CheckpointError unless every partition that had a reply accepted holds the client state
+    of that round (``reported``: what ``FederatedStrategy.state_rounds`` got from the nodes).
+    A stateful algorithm cannot continue exactly without it (its ``π_i``, ``c_i``, personal
+    blocks would silently restart from zero), so the resume is refused before round 1.
+    """
+    assert ckpt.path is not None
+    lost = {
+        pid: reported.get(pid, "no answer")
+        for pid, want in sorted(ckpt.accepted.items())
+        if want > 0 and reported.get(pid) != want
+    }
+    if not lost:
+        return
+    pid, got = next(iter(lost.items()))
+    found = f"its newest usable state is of round {got}" if isinstance(got, int) else got
+    if got == -1:
+        found = "it holds no client state of this run"
+    raise CheckpointError(
+        f"resume-from: {ckpt.path / STATE_FILE}: {len(lost)} partition(s) cannot continue "
+        f"from the state they kept (partition {pid}: round {ckpt.accepted[pid]} expected; "
+        f"{found}); nothing was deleted or changed. Client state lives in memory unless a "
+        "state-dir is set: give each SuperNode --node-config \"state-dir='<dir>'\" (or the run "
+        "config state-dir) where it kept its round files, or start a new run (resume-from='')"
+    )
 
 
 def load_resume(config: Mapping[str, Any]) -> Checkpoint:

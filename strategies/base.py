@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -26,22 +26,26 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from protocol.records import (
     BYTES_PER_CLIENT,
     CONFIG,
+    EVALUATION,
     INFO_ACTION,
+    METRICS,
     ROUND,
     SHARED,
+    STATE_ACTION,
     config_record,
     metric_record,
     record_nbytes,
 )
 from protocol.round import RoundValues
 from strategies.checkpointing import RuleState
-from strategies.exchange import exchange
+from strategies.exchange import Exchanged, exchange
 from strategies.validation import (
     ReplyError,
     Template,
@@ -61,6 +65,11 @@ CheckpointFn = Callable[[int, ArrayRecord], None]
 """``(round, global arrays)``: called after every round, once its metrics are recorded."""
 
 
+TRANSIENT_ERRORS = frozenset(
+    {ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE}
+)
+"""Error replies of the transport (the SuperLink's), after which discovery asks the node
+again; an error the ClientApp raised (e.g. a missing dataset) stops the run at once."""
 MAX_PARTITIONS = 1_000_000
 """Largest federation a node may claim to be part of."""
 MAX_EXAMPLES = 10**12
@@ -107,6 +116,8 @@ class ResumePoint:
     round: int
     arrays: ArrayRecord
     rule_state: RuleState
+    accepted: Mapping[int, int] = field(default_factory=dict)
+    """Partition -> round of its last accepted reply (``FederatedStrategy.accepted``)."""
 
 
 @dataclass
@@ -118,6 +129,33 @@ class RoundLog:
     dropped: list[str] = field(default_factory=list)
     rejected: str = ""
     """Why this round's aggregate was rejected ('' when it was applied)."""
+    clipped: int = 0
+    """Valid replies whose update ``max-update-norm`` clipped."""
+
+
+@dataclass
+class PendingRound:
+    """A finished round whose metrics row still waits for its personalized evaluation."""
+
+    round: int
+    arrays: ArrayRecord
+    """The model after the round (what its evaluation and checkpoint are of)."""
+    row: dict[str, float]
+    log: RoundLog
+    evaluate: list[int]
+    """The partitions that evaluate it."""
+    started: float
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What came back for one round's personalized evaluation: evaluate replies and fused
+    train replies (each with the message it answers), and the messages nothing came for.
+    """
+
+    replies: list[tuple[Message, Message]]
+    fused: list[tuple[Message, Message]]
+    unanswered: list[Message]
 
 
 class FederatedStrategy:
@@ -156,6 +194,13 @@ class FederatedStrategy:
         """Sent to clients as ``run-id``: the run's unique id (kept by a resumed run)."""
         self.default_state_dir = ""
         """Sent to clients as ``default-state-dir``: their state mirror without a state-dir."""
+        self.accepted: dict[int, int] = {}
+        """Partition -> the round of its last reply the server used (absent: none), sent to
+        it as ``accepted-round`` so that a client whose reply was dropped rolls back to the
+        state that matches the server's (``client_app.state.RoundGate``)."""
+        self.max_update_norm = float(config.get("max-update-norm", 0.0))
+        self._sent: dict[str, np.ndarray] = {}
+        """The shared block this round's training messages carried (``clip_update``)."""
         self._config_record = config_record(self.config)
 
     # ----------------------------------------------------------------- discovery / sampling
@@ -172,15 +217,21 @@ class FederatedStrategy:
         """
         deadline = time.monotonic() + self.timeout
         expected: int | None = None
+        errors: dict[int, str] = {}
         while expected is None or len(self.nodes) < expected:
             new = [n for n in grid.get_node_ids() if n not in self._asked]
             self._asked.update(new)
             msgs = self._info_messages(new, "discovery")
-            for reply in exchange(grid, msgs, self.timeout) if msgs else []:
+            for sent, reply in exchange(grid, msgs, self.timeout).answered if msgs else []:
+                node = sent.metadata.dst_node_id
+                if reply.has_error() and reply.error.code in TRANSIENT_ERRORS:
+                    errors[node] = str(reply.error.reason)  # ask it again while waiting
+                    self._asked.discard(node)
+                    log(WARNING, "node %d did not report its partition: %s", node, errors[node])
+                    continue
                 if reply.has_error():
                     raise FederationError(
-                        f"node {reply.metadata.src_node_id} failed to report its partition: "
-                        f"{reply.error.reason}"
+                        f"node {node} failed to report its partition: {reply.error.reason}"
                     )
                 info = self._node_info(reply)
                 expected = expected or info.num_partitions
@@ -202,13 +253,15 @@ class FederatedStrategy:
                 if expected is None:
                     raise FederationError(
                         f"no node reported its partition within round-timeout={self.timeout}s "
-                        f"({len(self._asked)} node(s) asked); start the SuperNodes or raise "
-                        "round-timeout"
+                        f"({len(self._asked | set(errors))} node(s) asked"
+                        + (f"; their errors: {dict(list(errors.items())[:3])}" if errors else "")
+                        + "); start the SuperNodes or raise round-timeout"
                     )
                 missing = sorted(set(range(expected)) - set(self.nodes))
                 raise FederationError(
                     f"only {len(self.nodes)} of {expected} partitions connected within "
                     f"round-timeout={self.timeout}s; missing partition-ids {missing}"
+                    + (f"; node errors: {dict(list(errors.items())[:3])}" if errors else "")
                 )
             time.sleep(0.5)
         log(
@@ -229,6 +282,44 @@ class FederatedStrategy:
             )
             for n in node_ids
         ]
+
+    def state_rounds(self, grid: Grid, server_round: int) -> dict[int, int | str]:
+        """Ask every partition which round of client state it would continue from in
+        ``server_round`` (``query.state``): partition -> that round (-1: none), or the
+        reason it could not say.
+        """
+        msgs = [
+            Message(
+                RecordDict(
+                    {
+                        CONFIG: self._config_record,
+                        ROUND: self.round_values(server_round, pid).to_record(),
+                    }
+                ),
+                dst_node_id=info.node_id,
+                message_type=f"{MessageType.QUERY}.{STATE_ACTION}",
+                group_id="state",
+            )
+            for pid, info in self.nodes.items()
+        ]
+        done = exchange(grid, msgs, self.timeout)
+        found: dict[int, int | str] = {
+            p: f"no reply within round-timeout={self.timeout}s"
+            for p in (self._partition_of(m.metadata.dst_node_id) for m in done.unanswered)
+            if p is not None
+        }
+        for sent, reply in done.answered:
+            pid = self._partition_of(sent.metadata.dst_node_id)
+            if pid is None:
+                continue
+            try:
+                metrics = reply_metrics(reply)
+                if self.sender_partition(reply, metrics) != pid:
+                    raise ReplyError("partition-id is not the node's")
+                found[pid] = whole(metrics, "state-round", -1, server_round)
+            except Exception as err:  # an unusable answer is a reason, never a crash
+                found[pid] = str(err)
+        return found
 
     def wait_for_nodes(self, grid: Grid) -> None:
         """Wait up to ``round-timeout`` until ``min-available-nodes`` nodes are connected;
@@ -254,13 +345,15 @@ class FederatedStrategy:
         if not new:
             return
         self._asked.update(new)
-        for reply in exchange(grid, self._info_messages(new, "discovery"), self.timeout):
-            node = reply.metadata.src_node_id
+        asked = exchange(grid, self._info_messages(new, "discovery"), self.timeout)
+        for sent, reply in asked.answered:
+            node = sent.metadata.dst_node_id
             try:
                 if reply.has_error():
                     raise FederationError(reply.error.reason)
                 info = self._node_info(reply)
             except (FederationError, KeyError, TypeError) as err:
+                self._asked.discard(node)  # asked again next round
                 log(WARNING, "round %d: node %d not admitted: %s", server_round, node, err)
                 continue
             old = self.nodes.get(info.partition_id)
@@ -297,21 +390,22 @@ class FederatedStrategy:
                 old.node_id,
             )
 
-    def _note_missing(
-        self, server_round: int, kind: str, sent: list[Message], replies: list[Message]
-    ) -> None:
-        """Log every sent message that got no reply within ``round-timeout`` as dropped."""
-        answered = {r.metadata.src_node_id for r in replies}
-        by_node = {i.node_id: pid for pid, i in self.nodes.items()}
-        for msg in sent:
+    def _partition_of(self, node: int) -> int | None:
+        """The partition node ``node`` holds (None: not admitted)."""
+        return next((p for p, i in self.nodes.items() if i.node_id == node), None)
+
+    def _note_missing(self, server_round: int, kind: str, unanswered: Iterable[Message]) -> None:
+        """Log every message that got no reply at all within ``round-timeout`` as dropped
+        (a reply that is an error, the SuperLink's included, is dropped by ``valid_replies``).
+        """
+        for msg in unanswered:
             node = msg.metadata.dst_node_id
-            if node not in answered:
-                reason = (
-                    f"round {server_round}: no {kind} reply from node {node} (partition "
-                    f"{by_node.get(node)}) within round-timeout={self.timeout}s"
-                )
-                log(WARNING, reason)
-                self.round_log.dropped.append(reason)
+            reason = (
+                f"round {server_round}: no {kind} reply from node {node} (partition "
+                f"{self._partition_of(node)}) within round-timeout={self.timeout}s"
+            )
+            log(WARNING, reason)
+            self.round_log.dropped.append(reason)
 
     @staticmethod
     def _node_info(reply: Message) -> NodeInfo:
@@ -375,8 +469,10 @@ class FederatedStrategy:
             return lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / total))
         return lr
 
-    def round_values(self, server_round: int, partition_id: int) -> RoundValues:
-        """The ``ROUND`` record of one node's message."""
+    def round_values(
+        self, server_round: int, partition_id: int, evaluate: bool = False
+    ) -> RoundValues:
+        """The ``ROUND`` record of one node's message (``evaluate``: a fused train message)."""
         return RoundValues(
             server_round,
             self.solver,
@@ -386,6 +482,8 @@ class FederatedStrategy:
             self.state_scope,
             self.run_id,
             self.default_state_dir,
+            self.accepted.get(partition_id, 0),
+            int(evaluate),
         )
 
     def in_shared_dtypes(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -452,9 +550,12 @@ class FederatedStrategy:
             group_id=str(server_round),
         )
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, evaluate: Collection[int] = ()
+    ) -> list[Message]:
         """One message per sampled partition: ``u``, the rule's node records, the run config
-        and the node's round values.
+        and the node's round values; those in ``evaluate`` also ask for the evaluation of
+        ``u`` before training (the fused protocol).
         """
         return [
             self._message(
@@ -463,13 +564,25 @@ class FederatedStrategy:
                     SHARED: arrays,
                     **self.node_records(pid),
                     CONFIG: self._config_record,
-                    ROUND: self.round_values(server_round, pid).to_record(),
+                    ROUND: self.round_values(server_round, pid, pid in evaluate).to_record(),
                 },
                 MessageType.TRAIN,
                 server_round,
             )
-            for pid in self.sample(server_round, self.fraction_train, self.min_train_nodes, 1)
+            for pid in self.train_sample(server_round)
         ]
+
+    def train_sample(self, server_round: int) -> list[int]:
+        """The partitions that train in ``server_round``."""
+        return self.sample(server_round, self.fraction_train, self.min_train_nodes, 1)
+
+    def evaluate_sample(self, server_round: int) -> list[int]:
+        """The partitions that evaluate round ``server_round``'s model (none when
+        ``fraction-evaluate`` is 0).
+        """
+        if self.fraction_evaluate == 0.0:
+            return []
+        return self.sample(server_round, self.fraction_evaluate, 1, 2)
 
     def sender_partition(self, reply: Message, metrics: Mapping[str, float]) -> int:
         """The reply's ``partition-id``: an integer partition held by the sending node."""
@@ -497,24 +610,57 @@ class FederatedStrategy:
         whole(metrics, "num-examples", 1, max(self.nodes[pid].num_train, 1))
         if not all(math.isfinite(v) for v in metrics.values()):
             raise ReplyError("non-finite metric values")
+        extra = sorted(set(content.array_records) - set(self.reply_records))
+        if extra:
+            raise ReplyError(f"unexpected ArrayRecord(s) {extra[:3]}")
         arrays = decode_records(content.array_records, self.reply_records, self.reply_template)
         self.check_reply(arrays)
+        if self.max_update_norm > 0.0 and self.clip_update(arrays[self.update_record]):
+            self.round_log.clipped += 1
         return Reply(pid, arrays, metrics)
+
+    @property
+    def update_record(self) -> str:
+        """The reply record holding the client's model (its shared block, ``z_i`` or posterior
+        mean): the first of ``reply_records``, of the shared block's layout.
+        """
+        return self.reply_records[0]
+
+    def clip_update(self, model: dict[str, np.ndarray]) -> bool:
+        """Clip ``model - u`` (``u``: the shared block the client was sent) to L2 norm
+        ``max-update-norm`` over all its arrays, in place: ``u + Δ·min(1, C/‖Δ‖)``. True if
+        it was clipped (a reply within the bound is left bit for bit as it came).
+        """
+        sent = {k: self._sent[k].astype(np.float64) for k in model}
+        delta = {k: v.astype(np.float64) - sent[k] for k, v in model.items()}
+        norm = math.sqrt(sum(float(np.square(d).sum()) for d in delta.values()))
+        if norm <= self.max_update_norm:
+            return False
+        scale = self.max_update_norm / norm
+        for key, d in delta.items():
+            model[key] = (sent[key] + d * scale).astype(model[key].dtype)
+        return True
 
     def check_reply(self, arrays: Mapping[str, Mapping[str, np.ndarray]]) -> None:
         """Rule-level checks of a decoded reply (e.g. positive curvature); ReplyError if not."""
 
     def valid_replies(
-        self, server_round: int, replies: Iterable[Message], kind: str
+        self,
+        server_round: int,
+        answered: Iterable[tuple[Message, Message]],
+        kind: str,
+        check: Callable[[Message], Reply],
     ) -> list[Reply]:
-        """Replies passing ``validate``, by partition id; the others are logged and dropped."""
+        """Replies (with the messages they answer) passing ``check``, by partition id; the
+        others are logged, naming the node the message went to, and dropped (once each).
+        """
         valid = []
-        for msg in replies:
+        for sent, msg in answered:
             try:
-                valid.append(self.validate(msg) if kind == "train" else self._validate_eval(msg))
+                valid.append(check(msg))
             except Exception as err:  # nothing in a reply may raise out of the round
-                node = msg.metadata.src_node_id
-                pid = next((p for p, i in self.nodes.items() if i.node_id == node), None)
+                node = sent.metadata.dst_node_id
+                pid = self._partition_of(node)
                 what = err if isinstance(err, ReplyError) else f"{type(err).__name__}: {err}"
                 reason = (
                     f"round {server_round}: dropped {kind} reply of node {node} "
@@ -525,10 +671,17 @@ class FederatedStrategy:
         return sorted(valid, key=lambda r: r.partition_id)  # arrival order must not matter
 
     def aggregate_train(
-        self, server_round: int, replies: Iterable[Message], current: ArrayRecord
+        self,
+        server_round: int,
+        answered: Iterable[tuple[Message, Message]],
+        current: ArrayRecord,
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate the replies, apply the rule to ``current``, summarise the training metrics."""
-        valid = self.valid_replies(server_round, replies, "train")
+        """Validate the replies, apply the rule to ``current``, summarise the training metrics.
+
+        The partitions whose replies were used are marked accepted in this round.
+        """
+        self._sent = {k: a.numpy() for k, a in current.items()}
+        valid = self.valid_replies(server_round, answered, "train", self.validate)
         if not valid:
             log(WARNING, "round %d: no valid training reply; the model is unchanged", server_round)
             return None, None
@@ -541,6 +694,7 @@ class FederatedStrategy:
             log(WARNING, reason)
             self.round_log.rejected = reason
             return None, metric_record(self.train_metrics(valid))
+        self.accepted.update({r.partition_id: server_round for r in valid})
         return arrays, metric_record(self.train_metrics(valid))
 
     def _unusable(self, arrays: ArrayRecord) -> str:
@@ -560,10 +714,12 @@ class FederatedStrategy:
         bad = [k for k, v in self.checkpoint_state().items() if not np.isfinite(v).all()]
         return f"non-finite server state {bad[:3]}" if bad else ""
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord) -> list[Message]:
-        """Personalized evaluation: ``u`` and the config to a seeded sample of partitions."""
-        if self.fraction_evaluate == 0.0:
-            return []
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, partitions: Iterable[int]
+    ) -> list[Message]:
+        """Personalized evaluation of round ``server_round``'s model: ``u`` and the config
+        to each of ``partitions``.
+        """
         return [
             self._message(
                 pid,
@@ -575,24 +731,34 @@ class FederatedStrategy:
                 MessageType.EVALUATE,
                 server_round,
             )
-            for pid in self.sample(server_round, self.fraction_evaluate, 1, 2)
+            for pid in partitions
         ]
 
-    def _validate_eval(self, reply: Message) -> Reply:
-        """An evaluation reply: the sender's ``partition-id``, ``num-examples`` an integer in
-        [0, the node's reported ``num-test``], every metric finite and in its range.
+    def _validate_eval(self, reply: Message, record: str = METRICS) -> Reply:
+        """An evaluation reply (or ``record`` of a fused train reply): the sender's
+        ``partition-id``, ``num-examples`` an integer in [0, the node's reported
+        ``num-test``], every metric finite and in its range.
         """
-        metrics = reply_metrics(reply)
+        metrics = reply_metrics(reply, record)
         pid = self.sender_partition(reply, metrics)
         whole(metrics, "num-examples", 0, self.nodes[pid].num_test)
         check_metric_values(metrics)
         return Reply(pid, {}, metrics)
 
     def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
+        self,
+        server_round: int,
+        answered: Iterable[tuple[Message, Message]],
+        fused: Iterable[tuple[Message, Message]] = (),
     ) -> MetricRecord | None:
-        """Example-weighted mean of the clients' personalized test metrics (NaN-aware)."""
-        valid = self.valid_replies(server_round, replies, "evaluate")
+        """Example-weighted mean of the clients' personalized test metrics (NaN-aware), from
+        evaluate replies and the ``EVALUATION`` records of ``fused`` train replies.
+        """
+        valid = self.valid_replies(server_round, answered, "evaluate", self._validate_eval)
+        valid += self.valid_replies(
+            server_round, fused, "evaluate", lambda m: self._validate_eval(m, EVALUATION)
+        )
+        valid.sort(key=lambda r: r.partition_id)  # arrival order must not matter
         return metric_record(weighted_means(valid, prefix="personal-")) if valid else None
 
     # ----------------------------------------------------------------- the loop
@@ -609,8 +775,12 @@ class FederatedStrategy:
 
         Before every round it waits for ``min-available-nodes`` and admits restarted nodes
         (``rediscover``); a node that does not answer within ``round-timeout`` counts as a
-        dropped reply. One ``on_round(round, row)`` call per round (row: wall time, bytes,
-        train and evaluation metrics), then ``on_checkpoint(round, arrays)``. With ``resume``
+        dropped reply. With ``evaluate-mode='fused'`` round ``t``'s personalized evaluation
+        travels with round ``t+1``'s exchange (flagged train messages, evaluate messages only
+        to evaluating partitions that do not train then) and one evaluate exchange follows the
+        last round; with ``'separate'`` every round has its own evaluate exchange. Either way
+        one ``on_round(round, row)`` call per round (row: wall time, bytes, train and
+        evaluation metrics), in order, then ``on_checkpoint(round, arrays)``. With ``resume``
         the rule state is restored and the loop continues after ``resume.round`` (no round-0
         evaluation).
         """
@@ -621,22 +791,24 @@ class FederatedStrategy:
         arrays, first = initial_arrays, 1
         if resume is not None:
             self.restore_state(resume.rule_state)
+            self.accepted = dict(resume.accepted)
             arrays, first = resume.arrays, resume.round + 1
         self.summary()
-        timeout, num_rounds = self.timeout, int(self.config["num-server-rounds"])
+        fused = self.config.get("evaluate-mode", "fused") == "fused"
         result = Result(arrays=arrays)
         failed: list[str] = []
         if evaluate_fn is not None and on_round is not None and resume is None:
             on_round(0, {"wall-time": 0.0, **(evaluate_fn(0, arrays) or {})})
-        for rnd in range(first, num_rounds + 1):
+        pending: PendingRound | None = None
+        for rnd in range(first, int(self.config["num-server-rounds"]) + 1):
             t0 = time.monotonic()
             self.round_log = RoundLog()
             self.wait_for_nodes(grid)
             self.rediscover(grid, rnd)
-            train_msgs = self.configure_train(rnd, arrays)
-            replies = exchange(grid, train_msgs, timeout)
-            self._note_missing(rnd, "train", train_msgs, replies)
-            new_arrays, train_metrics = self.aggregate_train(rnd, replies, arrays)
+            trained, evaluated = self._exchange_round(grid, rnd, arrays, pending)
+            if pending is not None:
+                self._finish(pending, evaluated, t0, result, on_round, on_checkpoint)
+            new_arrays, train_metrics = self.aggregate_train(rnd, trained, arrays)
             if new_arrays is not None:
                 arrays = new_arrays
                 result.arrays = arrays
@@ -644,41 +816,107 @@ class FederatedStrategy:
             else:
                 failed.append(self.round_log.rejected or "; ".join(self.round_log.dropped[-3:]))
             row: dict[str, float] = {"round-rejected": 1.0} if self.round_log.rejected else {}
+            if self.max_update_norm > 0.0:
+                row["clipped-updates"] = float(self.round_log.clipped)
             if train_metrics is not None:
                 result.train_metrics_clientapp[rnd] = train_metrics
                 row.update({k: float(v) for k, v in train_metrics.items()})  # type: ignore[arg-type]
-            eval_msgs = self.configure_evaluate(rnd, arrays)
-            if eval_msgs:
-                eval_replies = exchange(grid, eval_msgs, timeout)
-                self._note_missing(rnd, "evaluate", eval_msgs, eval_replies)
-                eval_metrics = self.aggregate_evaluate(rnd, eval_replies)
-                if eval_metrics is not None:
-                    result.evaluate_metrics_clientapp[rnd] = eval_metrics
-                    row.update({k: float(v) for k, v in eval_metrics.items()})  # type: ignore[arg-type]
             if evaluate_fn is not None:
                 global_metrics = evaluate_fn(rnd, arrays)
                 if global_metrics:
                     result.evaluate_metrics_serverapp[rnd] = metric_record(global_metrics)
                     row.update(global_metrics)
-            row.update(
-                {
-                    "wall-time": time.monotonic() - t0,
-                    "bytes-down": float(self.round_log.bytes_down),
-                    "bytes-up": float(self.round_log.bytes_up),
-                    "dropped-replies": float(len(self.round_log.dropped)),
-                }
-            )
-            if on_round is not None:
-                on_round(rnd, row)
-            if on_checkpoint is not None:
-                on_checkpoint(rnd, arrays)
-            if len(failed) >= self.max_failed_rounds:
+            pending = PendingRound(rnd, arrays, row, self.round_log, self.evaluate_sample(rnd), t0)
+            last = rnd == int(self.config["num-server-rounds"])
+            stop = len(failed) >= self.max_failed_rounds
+            if not fused or last or stop:
+                self._evaluate_now(grid, pending, result, on_round, on_checkpoint)
+                pending = None
+            if stop:
                 raise RunFailedError(
                     f"{len(failed)} consecutive rounds (up to round {rnd}) without a usable "
                     f"update (max-failed-rounds={self.max_failed_rounds}); the run stops. "
                     f"Last reasons: {failed[-1] or 'no reply'}"
                 )
         return result
+
+    def _exchange_round(
+        self, grid: Grid, server_round: int, arrays: ArrayRecord, pending: PendingRound | None
+    ) -> tuple[list[tuple[Message, Message]], Evaluated]:
+        """Round ``server_round``'s one exchange: its train messages, fused with the
+        evaluation of ``pending`` (flagged train messages, and evaluate messages to its
+        evaluating partitions that do not train now, whose bytes count in its row).
+        """
+        asked = set(pending.evaluate) if pending is not None else set()
+        train_msgs = self.configure_train(server_round, arrays, asked)
+        eval_msgs: list[Message] = []
+        if pending is not None:
+            training = {self._partition_of(m.metadata.dst_node_id) for m in train_msgs}
+            self.round_log, log_now = pending.log, self.round_log
+            eval_msgs = self.configure_evaluate(
+                pending.round, arrays, [p for p in pending.evaluate if p not in training]
+            )
+            self.round_log = log_now
+        done = exchange(grid, train_msgs + eval_msgs, self.timeout)
+        train_ids = {id(m) for m in train_msgs}
+        trained = [(m, r) for m, r in done.answered if id(m) in train_ids]
+        missing = [m for m in done.unanswered if id(m) in train_ids]
+        self._note_missing(server_round, "train", missing)
+        fused = {id(m) for m in train_msgs if self._partition_of(m.metadata.dst_node_id) in asked}
+        evaluated = Evaluated(
+            [(m, r) for m, r in done.answered if id(m) not in train_ids],
+            [(m, r) for m, r in trained if id(m) in fused],
+            [m for m in done.unanswered if id(m) not in train_ids or id(m) in fused],
+        )
+        return trained, evaluated
+
+    def _evaluate_now(
+        self,
+        grid: Grid,
+        pending: PendingRound,
+        result: Result,
+        on_round: RoundCallback | None,
+        on_checkpoint: CheckpointFn | None,
+    ) -> None:
+        """``pending``'s evaluation in its own exchange, then its row and checkpoint."""
+        self.round_log = pending.log
+        msgs = self.configure_evaluate(pending.round, pending.arrays, pending.evaluate)
+        done = exchange(grid, msgs, self.timeout) if msgs else Exchanged([], [])
+        evaluated = Evaluated(done.answered, [], done.unanswered)
+        self._finish(pending, evaluated, time.monotonic(), result, on_round, on_checkpoint)
+
+    def _finish(
+        self,
+        pending: PendingRound,
+        evaluated: Evaluated,
+        ended: float,
+        result: Result,
+        on_round: RoundCallback | None,
+        on_checkpoint: CheckpointFn | None,
+    ) -> None:
+        """Aggregate ``pending``'s evaluation replies into its row (drops logged in its own
+        round's log), record the row (``on_round``), then checkpoint it (``on_checkpoint``).
+        """
+        self.round_log, log_now = pending.log, self.round_log
+        self._note_missing(pending.round, "evaluate", evaluated.unanswered)
+        metrics = self.aggregate_evaluate(pending.round, evaluated.replies, evaluated.fused)
+        self.round_log = log_now
+        row = pending.row
+        if metrics is not None:
+            result.evaluate_metrics_clientapp[pending.round] = metrics
+            row.update({k: float(v) for k, v in metrics.items()})  # type: ignore[arg-type]
+        row.update(
+            {
+                "wall-time": ended - pending.started,
+                "bytes-down": float(pending.log.bytes_down),
+                "bytes-up": float(pending.log.bytes_up),
+                "dropped-replies": float(len(pending.log.dropped)),
+            }
+        )
+        if on_round is not None:
+            on_round(pending.round, row)
+        if on_checkpoint is not None:
+            on_checkpoint(pending.round, pending.arrays)
 
 
 def weighted_means(replies: list[Reply], prefix: str = "") -> dict[str, float]:

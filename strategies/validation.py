@@ -87,13 +87,15 @@ def numbers(record: MetricRecord) -> dict[str, float]:
     return out
 
 
-def reply_metrics(reply: Message) -> dict[str, float]:
-    """The reply's ``METRICS`` record as numbers; ReplyError for an error reply or no record."""
+def reply_metrics(reply: Message, name: str = METRICS) -> dict[str, float]:
+    """The reply's MetricRecord ``name`` as numbers; ReplyError for an error reply or no
+    such record.
+    """
     if reply.has_error():
         raise ReplyError(f"client error: {reply.error.reason}")
-    record = reply.content.metric_records.get(METRICS)
+    record = reply.content.metric_records.get(name)
     if record is None:
-        raise ReplyError(f"no MetricRecord {METRICS!r}")
+        raise ReplyError(f"no MetricRecord {name!r}")
     return numbers(record)
 
 

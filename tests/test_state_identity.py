@@ -32,7 +32,7 @@ from client_app.state import (
 )
 from client_app.state import StateIdentity as Identity
 from server_app.app import run_federation
-from server_app.checkpoint import CLIENT_STATE_DIR, read_checkpoint
+from server_app.checkpoint import CLIENT_STATE_DIR, CheckpointError, read_checkpoint
 from server_app.inprocess import InProcessGrid
 from tests.conftest import default_config, read_metrics
 
@@ -183,7 +183,7 @@ def test_corrupt_newest_file_falls_back_to_the_older_one(
     (entry,) = restores(directory)
     assert entry["restored-round"] == 2 and entry["refused"][0]["file"] == "round-3.pt"
     assert entry["refused"][0]["reason"].startswith(reason)
-    assert sorted(round_files(directory)) == [2, 3]  # nothing deleted
+    assert sorted(round_files(directory)) == [1, 2, 3]  # nothing deleted
 
 
 def test_no_intact_file_left_is_a_logged_clean_start(
@@ -192,12 +192,13 @@ def test_no_intact_file_left_is_a_logged_clean_start(
     directory = write_rounds(tmp_path, range(1, 4))
     empty(directory / "round-3.pt")
     garbage(directory / "round-2.pt")
+    truncate(directory / "round-1.pt")
     caplog.set_level(logging.INFO)
     assert restored_value(tmp_path, 4) is None
     assert "clean start" in caplog.text
     (entry,) = restores(directory)
     assert entry["restored-round"] is None and entry["file"] is None
-    assert [r["file"] for r in entry["refused"]] == ["round-3.pt", "round-2.pt"]
+    assert [r["file"] for r in entry["refused"]] == ["round-3.pt", "round-2.pt", "round-1.pt"]
 
 
 # ------------------------------------------------------------------ in-process runs
@@ -282,7 +283,8 @@ def test_resume_without_state_dir_equals_uninterrupted(tmp_path: Path, algorithm
     with pytest.raises(ServerKilledError):
         run_federation(grid(on_deliver=kill_in_round_3), cfg | {"run-name": "cut"})
     run_dir = tmp_path / "outputs" / "cut"
-    run_id = read_checkpoint(run_dir).run_id
+    ckpt = read_checkpoint(run_dir)  # round 1: fused, round 2's row waits for round 3
+    run_id = ckpt.run_id
     resumed = run_federation(
         grid(first_node_id=7000), cfg | {"resume-from": str(run_dir), "run-name": "x"}
     )
@@ -291,6 +293,28 @@ def test_resume_without_state_dir_equals_uninterrupted(tmp_path: Path, algorithm
     found = []
     for pid in range(NODES):
         log = state_path(run_dir / CLIENT_STATE_DIR, "cut", pid, run_id) / RESTORES
-        found += restores(log.parent) if log.exists() else []
-    assert found and all(e["round"] >= 3 and e["restored-round"] == 2 for e in found)
+        entries = restores(log.parent) if log.exists() else []
+        assert all(e["restored-round"] == ckpt.accepted[pid] for e in entries)
+        found += entries
+    assert found and all(e["round"] > ckpt.round for e in found)
     assert all(not e["refused"] for e in found)
+
+
+def test_resume_refuses_nodes_that_lost_their_state(tmp_path: Path) -> None:
+    """A resumed FedADMM run whose SuperNodes kept their state only in memory (here: each
+    node looks in an empty state-dir, as on a machine without the run directory) is refused
+    before round 1, naming state-dir; nothing in the run directory changes."""
+    cfg = base_config(tmp_path / "outputs", algorithm="fedadmm", **{"state-dir": ""})
+    kill_in_round_3.seen = 0  # type: ignore[attr-defined]
+    with pytest.raises(ServerKilledError):
+        run_federation(grid(on_deliver=kill_in_round_3), cfg | {"run-name": "cut"})
+    run_dir = tmp_path / "outputs" / "cut"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    elsewhere = tmp_path / "other-machine"
+    with pytest.raises(CheckpointError, match="state-dir") as err:
+        run_federation(grid(elsewhere), cfg | {"resume-from": str(run_dir)})
+    assert "it holds no client state of this run" in str(err.value)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    # the same nodes pointed at the run directory's mirror resume exactly
+    resumed = run_federation(grid(run_dir / CLIENT_STATE_DIR), cfg | {"resume-from": str(run_dir)})
+    assert resumed == run_dir

@@ -150,6 +150,21 @@ IVON_ADMM: Mapping[str, Scalar] = {
 ρ 0.2, γ 1e-3, h0 1e-3 = the key's default, cosine lr) with ``lr`` chosen on the grid
 {3e-4, 1e-3, 3e-3, 1e-2} (benchmarks/README "Method defaults (issue 12, partial)")."""
 
+FEDDYN: Mapping[str, Scalar] = {"lr": 0.05}
+"""FedDyn's local step. FedDyn never forgets a local excursion: a client's displacement
+``d_k = θ_k − θ^{t−1}`` enters its linear term ``g_k ← g_k − αd_k`` and the server's
+``h ← h − α(1/m)Σd_k``, and ``θ^t = mean θ_k − h/α`` re-applies ``Σ_s d̄_s`` every later round
+(FedAvg averages an excursion once and forgets it). Near zero local loss the cross-entropy's
+gradient vanishes, so the local problem ``L_k − ⟨g_k, θ⟩ + (α/2)‖θ − θ^{t−1}‖²`` is held only by
+its α term, whose minimiser lies ``‖g_k‖/α`` away (α = 0.01). At the shared default lr 0.2
+(``K = 24`` steps on digits with 10 clients) the local loss spikes once it reaches ≈ 0 (0.04 →
+1.03 in round 19), h jumped from 0.035 to 0.46 and the global model fell to chance; lr 0.1 spiked
+the same way in round 18 (loss 0 → 5.5, accuracy 0.12). At lr 0.2 a larger α is no cure:
+α = 0.1 reached 0.981 on seed 0 but fell to 0.682 in round 20 on seed 2, α = 0.3 diverged
+(‖h‖ = 3.5e16 in round 18), α = 1 learns too slowly (0.735). lr 0.05 ended at 0.955 / 0.947 /
+0.981 on seeds 0 / 1 / 2 with ‖h‖ ≤ 0.02. Grid {0.025, 0.05, 0.1, 0.2} at α = 0.01 in
+benchmarks/README "Method defaults"."""
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -305,6 +320,7 @@ METHODS: dict[str, Method] = {
             FedDynHyper,
             ("none",),
             "FedDyn (Acar et al.): SGD on f_i - <g_i, θ> + (α/2)||θ - θ^t||^2, server state h",
+            FEDDYN,
         ),
     )
 }

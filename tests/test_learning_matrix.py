@@ -47,10 +47,7 @@ PERSONALIZED_METRIC = (*PERSONAL_DEFAULT, "ditto")
 FEDPM_FAMILY = ("fedpm", "fednl", "localnewton")
 """Being reworked elsewhere (FedPM globalization); xfail rather than failing if they miss."""
 
-OPEN = {
-    ("digits", "feddyn", 10): "FedDyn at its defaults (alpha 0.01, lr 0.2) collapses to chance "
-    "with 10 clients; its alpha preset is not chosen yet (issue 12)",
-}
+OPEN: dict[tuple[str, str, int], str] = {}
 """Known misses, xfail (not strict) with their reason until their defaults are fixed."""
 
 FLOORS = {("digits", 2): 0.80, ("digits", 10): 0.85, ("breast-cancer", 2): 0.90}

@@ -108,11 +108,12 @@ def info(msg: Message, context: Context) -> Message:
 @app.query(STATE_ACTION)
 def state_round(msg: Message, context: Context) -> Message:
     """Report ``state-round``: the round of the client state this node would continue from
-    in the message's round (from memory or its disk mirror; -1 when it holds none).
+    in the message's round (from memory or its disk mirror; -1 when it holds none), changing
+    nothing (a refused resume must leave every file as it was).
     """
     config, rnd = _config(msg), _round(msg)
     pid, _ = node_partition(context)
-    loaded = _state(context, config, pid, rnd, training=True).loaded_round
+    loaded = _state(context, config, pid, rnd, training=True).available_round()
     metrics = {"partition-id": pid, "state-round": -1 if loaded is None else loaded}
     return Message(RecordDict({METRICS: metric_record(metrics)}), reply_to=msg)
 

@@ -449,6 +449,17 @@ class ClientState:
             self._loaded, self._groups = found if found is not None else (None, {})
         return self._groups
 
+    def available_round(self) -> int | None:
+        """The round of the state a message of this round would use, found without loading
+        it into memory or logging a restore (a resumed server's ``query.state``; None: none).
+        """
+        store = self.store
+        memory = store.memory if isinstance(store, MirroredStore) else store
+        held = memory.load(self.gate.max_round)
+        if held is None and isinstance(store, MirroredStore):
+            held = store.mirror.load(self.gate.max_round)
+        return None if held is None else held[0]
+
     @property
     def loaded_round(self) -> int | None:
         """The round of the state this message uses (None: a clean start)."""

@@ -283,8 +283,16 @@ class NewtonHyper(Local, Weighted):
         choice("curvature", "hessian", ("hessian", "foof", "diagonal"), "preconditioner kind")
     )
     damping: float = field(num("damping", float, 0.001, 0.0, doc="damping λ"))
-    line_search: str = field(
-        choice("line-search", "armijo", ("armijo", "none"), "exact-Hessian backtracking")
+    globalization: str = field(
+        choice(
+            "globalization",
+            "levenberg-marquardt",
+            ("levenberg-marquardt", "none"),
+            "server-side damping of the exact-Hessian step, adapted from f's decrease",
+        )
+    )
+    lm_damping: float = field(
+        num("lm-damping", float, 1.0, 0.0, doc="initial server (Levenberg-Marquardt) damping μ_0")
     )
     foof_ema: float = field(num("foof-ema", float, 0.95, 0.0, 0.999, "FOOF statistics EMA"))
     foof_refresh: int = field(num("foof-refresh", int, 1, 1, 1_000_000, "FOOF refresh period"))

@@ -13,8 +13,7 @@ and replies its parameters ``θ_i`` (``SHARED``) and the preconditioner of its *
 (``client-weighting`` = uniform | examples, the base's one policy; §3.4). Three curvature kinds:
 
 * ``hessian`` (§3.3): ``P_i = ∇²f_i + λI`` over the flattened shared block (record order), one
-  symmetric ``d×d`` matrix sent as its upper triangle (``TRIU``, row-major, ``d(d+1)/2`` values);
-  with ``line-search='armijo'`` the client sends ``P_i/t_i``, ``t_i`` its backtracking factor.
+  symmetric ``d×d`` matrix sent as its upper triangle (``TRIU``, row-major, ``d(d+1)/2`` values).
 * ``foof`` (§3.4): per Linear / Conv2d layer ``l`` the damped factor ``Ā_l = A_l + λI`` of the
   uncentred second moment of the layer's inputs (im2col patches for convolutions, bias folded in
   as a last input of ones), upper triangle under the layer's module name. The layer is mixed as
@@ -29,6 +28,17 @@ and replies its parameters ``θ_i`` (``SHARED``) and the preconditioner of its *
 With ``K = 1`` the client's ``P_i^{-1}`` and the server's ``P_i`` cancel and one round is
 ``θ^t − η (Σ w_i P_i)^{-1} Σ w_i ∇f_i(θ^t)`` (§3.5; exact Hessians: the global Newton step, i.e.
 FedNL without compression). LocalNewton (§5) is the mean rule with the same local solver.
+
+Globalization (``globalization='levenberg-marquardt'``, exact Hessians, ``K = 1``): the server
+recovers the exact model of ``f = Σ w_i f_i / W`` at ``u^t`` from the replies,
+``H = (Σ w_i P_i)/W − λI`` and ``g = (Σ w_i P_i)(u^t − θ̂)/(ηW)`` (``θ̂`` the mix; §3.5), and
+steps ``x + s``, ``s = −η (H + μ_t I)^{-1} g`` from the last accepted point ``x`` with a damping
+``μ_t`` adapted from the decrease of ``f`` it observes one round later (each client reports
+``f_i(u^t)``; ``LevenbergMarquardt``): ``μ_0 = lm-damping``, ``μ_t → 0`` while steps succeed,
+so the tail is the undamped Newton step's (superlinear, §3.2), and ``θ*`` stays the only fixed
+point (``g = 0 ⇒ s = 0``). With ``globalization='none'`` the step is the mix itself and every
+§3.5 identity holds bit for bit. FOOF / diagonal curvature and ``K > 1`` always use the plain
+mix (no exact model of ``f``: the graceful fallback for non-convex models).
 """
 
 from __future__ import annotations
@@ -43,17 +53,25 @@ from flwr.app import ArrayRecord
 from flwr.common import log
 from torch import nn
 
+from protocol.fedpm import OBJECTIVE
 from protocol.foof import Layer, foof_layers, layer_matrix, split_layer_matrix
 from protocol.records import CURVATURE, SHARED, TRIU, numpy_to_record
 from protocol.symmetric import triu_size, unpack_symmetric
 from strategies.base import FederatedStrategy, Reply
+from strategies.checkpointing import RuleState, pack_global, unpack_global
 from strategies.validation import ReplyError, Template
 from tasks.functional import flatten, unflatten
 
 KINDS = ("hessian", "foof", "diagonal")
+"""Values of ``curvature``."""
 PSD_TOLERANCE = 1e-6
 """Relative tolerance on negative eigenvalues of a reported preconditioner (rounding)."""
-"""Values of ``curvature``."""
+ACCEPT = 1e-4
+"""Least ratio of actual to predicted decrease that keeps a step (Levenberg–Marquardt)."""
+ROUNDING = 64 * 2.0**-52
+"""Relative allowance on ``f(u) − f(x)`` for rounding (a step at the optimum is kept)."""
+MIN_RESTART = 1e-3
+"""Least server damping after a rejection, relative to the mean eigenvalue ``tr H / d``."""
 
 Arrays = dict[str, torch.Tensor]
 
@@ -196,6 +214,15 @@ class FedPMStrategy(FederatedStrategy):
         super().__init__(config, solver)
         self.kind = str(config["curvature"])
         self.layers: list[Layer] = []
+        self.globalization: LevenbergMarquardt | None = None
+        if (
+            config.get("globalization") == "levenberg-marquardt"
+            and self.kind == "hessian"
+            and int(config["newton-steps"]) == 1
+        ):
+            self.globalization = LevenbergMarquardt(
+                float(config["eta"]), float(config["damping"]), float(config["lm-damping"])
+            )
 
     def init_state(self, initial: ArrayRecord) -> None:
         """The FOOF layer layout of the shared block (from the task's model)."""
@@ -250,6 +277,131 @@ class FedPMStrategy(FederatedStrategy):
             [self.client_weight(r.partition_id) for r in replies],
             self.layers,
         )
+        if self.globalization is not None:
+            weights = [self.client_weight(r.partition_id) for r in replies]
+            if not all(OBJECTIVE in r.metrics for r in replies):
+                raise ValueError(f"FedPM globalization: replies without the {OBJECTIVE!r} metric")
+            value = sum(
+                w * r.metrics[OBJECTIVE] for w, r in zip(weights, replies, strict=True)
+            ) / sum(weights)
+            p_mean = torch.stack(
+                [w * c[TRIU] for w, c in zip(weights, curvatures, strict=True)]
+            ).sum(0) / sum(weights)
+            u = flatten({k: torch.from_numpy(current[k].numpy()) for k in self.shared_template})
+            point = self.globalization.update(
+                tuple(r.partition_id for r in replies), u, value, p_mean, flatten(mixed)
+            )
+            shapes = {k: shape for k, (shape, _) in self.shared_template.items()}
+            mixed = dict(unflatten(point, shapes))
         return numpy_to_record(
             {k: v.numpy().astype(self.shared_template[k][1]) for k, v in mixed.items()}
         )
+
+    def checkpoint_state(self) -> RuleState:
+        """The globalization's anchor, model and damping (none before round 1)."""
+        if self.globalization is None or self.globalization.anchor is None:
+            return {}
+        return pack_global("fedpm", self.globalization.arrays())
+
+    def restore_state(self, state: RuleState) -> None:
+        """Set the globalization from ``checkpoint_state()`` output (``{}``: before round 1)."""
+        if self.globalization is None:
+            super().restore_state(state)
+            return
+        self.globalization.reset()
+        if state:
+            self.globalization.load(unpack_global("fedpm", state, STATE_NAMES, "FedPM state"))
+
+
+STATE_NAMES = ("anchor", "value", "gradient", "hessian", "levenberg", "participants")
+"""Arrays of the globalization's checkpoint (``LevenbergMarquardt.arrays``)."""
+
+
+class LevenbergMarquardt:
+    """Server-side Levenberg–Marquardt globalization of FedPM's step (exact Hessians, ``K = 1``).
+
+    State: the anchor ``x`` (last accepted point), ``f(x)``, the model ``(g, H)`` of ``f`` at
+    ``x``, the server damping ``μ`` and the participants whose weighted objective ``f`` is.
+    Round ``t`` brings ``f(u^t)``: with ``ρ = (f(x) − f(u^t)) / pred`` (``pred`` the model
+    decrease of the step to ``u^t``) the point is kept if ``ρ > ACCEPT`` (then ``μ ← μ/10`` if
+    ``ρ > 0.75``, ``μ ← 4μ`` if ``ρ < 0.25``), else the server retries from ``x`` with
+    ``μ ← max(4μ, MIN_RESTART·tr H/d)`` using the stored model: no extra exchange, one round per
+    rejection. Another participant set makes the values incomparable: ``u^t`` is then kept.
+    """
+
+    def __init__(self, eta: float, damping: float, initial: float) -> None:
+        self.eta, self.damping, self.initial = eta, damping, initial
+        self.reset()
+
+    def reset(self) -> None:
+        """No anchor (before round 1)."""
+        self.anchor: torch.Tensor | None = None
+        self.value = math.nan
+        self.gradient = torch.zeros(0, dtype=torch.float64)
+        self.hessian = torch.zeros(0, 0, dtype=torch.float64)
+        self.levenberg = self.initial
+        self.participants: tuple[int, ...] = ()
+
+    def arrays(self) -> dict[str, Any]:
+        """The state as named float64 numpy arrays (``STATE_NAMES``)."""
+        assert self.anchor is not None
+        return {
+            "anchor": self.anchor.numpy(),
+            "value": torch.tensor([self.value], dtype=torch.float64).numpy(),
+            "gradient": self.gradient.numpy(),
+            "hessian": self.hessian.numpy(),
+            "levenberg": torch.tensor([self.levenberg], dtype=torch.float64).numpy(),
+            "participants": torch.tensor(self.participants, dtype=torch.float64).numpy(),
+        }
+
+    def load(self, arrays: Mapping[str, Any]) -> None:
+        """Inverse of ``arrays``."""
+        self.anchor = torch.from_numpy(arrays["anchor"])
+        self.value = float(arrays["value"][0])
+        self.gradient = torch.from_numpy(arrays["gradient"])
+        self.hessian = torch.from_numpy(arrays["hessian"])
+        self.levenberg = float(arrays["levenberg"][0])
+        self.participants = tuple(int(p) for p in arrays["participants"])
+
+    def step(self) -> torch.Tensor:
+        """``s = −η (H + μI)^{-1} g`` from the anchor's model."""
+        eye = torch.eye(self.gradient.numel(), dtype=torch.float64)
+        return -self.eta * _solve(self.hessian + self.levenberg * eye, self.gradient)
+
+    def update(
+        self,
+        participants: tuple[int, ...],
+        u: torch.Tensor,
+        value: float,
+        precond: torch.Tensor,
+        mixed: torch.Tensor,
+    ) -> torch.Tensor:
+        """The next global point ``x + s`` from this round's replies at ``u`` (flat, float64).
+
+        ``value``: ``f(u)`` (weighted mean of the participants' ``f_i(u)``); ``precond``:
+        ``Σ w_i P_i / W``; ``mixed``: the FedPM mix ``θ̂``. The model at ``u`` is
+        ``H = precond − λI`` and ``g = precond (u − θ̂)/η`` (exact for ``K = 1``).
+        """
+        eye = torch.eye(u.numel(), dtype=torch.float64)
+        hess = precond - self.damping * eye
+        accept = self.anchor is None or participants != self.participants
+        if not accept:
+            assert self.anchor is not None
+            s = u - self.anchor
+            pred = -float(self.gradient @ s + 0.5 * s @ self.hessian @ s)
+            actual = self.value - value
+            slack = ROUNDING * max(abs(self.value), 1.0)
+            rho = 1.0 if pred <= slack else actual / pred
+            accept = math.isfinite(value) and (rho > ACCEPT or abs(actual) <= slack)
+            if accept and rho > 0.75:
+                self.levenberg /= 10.0
+            elif accept and rho < 0.25:
+                self.levenberg *= 4.0
+            elif not accept:
+                scale = float(torch.trace(self.hessian)) / max(u.numel(), 1)
+                self.levenberg = max(4.0 * self.levenberg, MIN_RESTART * scale)
+        if accept:
+            self.anchor, self.value, self.participants = u, value, participants
+            self.gradient, self.hessian = precond @ (u - mixed) / self.eta, hess
+        assert self.anchor is not None
+        return self.anchor + self.step()

@@ -71,7 +71,9 @@ def test_node_silent_in_round_2_rejoins_with_new_id(tmp_path: Path) -> None:
             )
 
     grid.on_deliver = on_deliver
-    run_federation(grid, config(tmp_path, **{"state-dir": str(state_dir)}))
+    # separate evaluation: the node dies at round 2's training and returns at its evaluation
+    extra = {"state-dir": str(state_dir), "evaluate-mode": "separate"}
+    run_federation(grid, config(tmp_path, **extra))
 
     rows = {r["round"]: r for r in read_metrics(run_dir)}  # personalized: no round-0 row
     assert sorted(rows) == [1, 2, 3, 4]

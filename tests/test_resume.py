@@ -72,10 +72,16 @@ def kill_in(round_: int, kind: str, after: int) -> Callable[[Message], None]:
 
 IVON = {"eval-samples": 2, "lr": 0.002, "hess-init": 0.5, "fraction-train": 0.67}
 CASES = {
-    # algorithm, extra config, where the server dies in round 3
-    "fedapm-output-mid-train": ("fedapm", {"personalization": "output"}, "train"),
-    "fedadmm-partial-mid-evaluate": ("fedadmm", {"fraction-train": 0.67}, "evaluate"),
-    "ivon-admm-partial-before-checkpoint": ("ivon-admm", IVON, "checkpoint"),
+    # algorithm, extra config, where the server dies in round 3, the checkpoints left
+    # (fused evaluation: round 2's row and checkpoint wait for round 3's exchange)
+    "fedapm-output-mid-train": ("fedapm", {"personalization": "output"}, "train", [1]),
+    "fedadmm-partial-mid-evaluate": (
+        "fedadmm",
+        {"fraction-train": 0.67, "evaluate-mode": "separate"},
+        "evaluate",
+        [1, 2],
+    ),
+    "ivon-admm-partial-before-checkpoint": ("ivon-admm", IVON, "checkpoint", [1, 2]),
 }
 
 
@@ -83,7 +89,7 @@ CASES = {
 def test_resumed_run_equals_uninterrupted(
     case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    algorithm, extra, kill = CASES[case]
+    algorithm, extra, kill, kept = CASES[case]
     cfg = base_config(tmp_path, algorithm=algorithm, **extra)
     full, _ = run_local(cfg | {"run-name": "full"}, NODES)
     assert all(not r.get("dropped-replies") for r in read_metrics(full))  # it really trains
@@ -107,7 +113,7 @@ def test_resumed_run_equals_uninterrupted(
         with pytest.raises(Killed):
             run_federation(grid_for(state_dir, on_deliver=kill_in(3, kill, after=1)), cut)
     run_dir = tmp_path / "outputs" / "cut"
-    assert sorted(round_dirs(run_dir / "checkpoint")) == [1, 2]
+    assert sorted(round_dirs(run_dir / "checkpoint")) == kept
 
     resumed = run_federation(
         grid_for(state_dir, first_node_id=7000),
@@ -120,14 +126,15 @@ def test_resumed_run_equals_uninterrupted(
     assert {k: v for k, v in summary.items() if k != "wall-time"} == {
         k: v for k, v in expected.items() if k != "wall-time"
     }
-    assert json.loads((run_dir / "config.json").read_text())["resumed-after-round"] == [2]
+    assert json.loads((run_dir / "config.json").read_text())["resumed-after-round"] == [max(kept)]
     assert sorted(round_dirs(run_dir / "checkpoint")) == [3, 4]
     restored = []
     run_id = read_checkpoint(run_dir).run_id  # kept by the resume
     for pid in range(NODES):
         log = state_path(state_dir, "cut", pid, run_id) / "restores.jsonl"  # none: never trained
         restored += [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    assert restored and all(e["round"] >= 3 and e["restored-round"] <= 2 for e in restored)
+    after = max(kept)
+    assert restored and all(e["round"] > after and e["restored-round"] <= after for e in restored)
 
 
 def test_checkpoint_is_partition_keyed_and_complete(tmp_path: Path) -> None:

@@ -9,16 +9,10 @@ only for parameters outside the FOOF layers) and damping ``λ = damping``, and r
 ``θ_i = θ^{t,K}`` plus, for FedPM, the preconditioner of the last step (``CURVATURE``, §3.3):
 
 * ``hessian``: ``P = ∇²f_i(θ) + λI`` exact, by ``torch.func.hessian`` of ``f_i`` over the flattened
-  parameters (convex models), full-batch ``∇f_i``; sent as the upper triangle. With
-  ``line-search='armijo'`` every step is damped Newton: ``θ ← θ − t η P^{-1} ∇f_i`` with the
-  largest ``t ∈ {1, ½, ¼, …}`` that decreases ``f_i`` by at least ``10⁻⁴ t η ∇f_iᵀP^{-1}∇f_i``
-  (Armijo backtracking on the local objective), and the client sends ``P/t``, the matrix of the
-  step it actually took (``θ_i = θ − η (P/t)^{-1} ∇f_i``). So the §3.1 identity stays exact:
-  with ``K = 1`` one round is ``θ − η (Σ w_i P_i/t_i)^{-1} Σ w_i ∇f_i``, a descent direction of
-  ``f`` whatever the ``t_i``, and the exact global Newton step when every ``t_i = 1`` (which
-  Armijo accepts near the optimum, keeping the superlinear rate, and always on quadratics
-  with ``η ≤ 1``). Without it, pure Newton from the initial weights diverges on ill-conditioned
-  problems such as ``synthetic`` (near-separable classes, L2 = 1e-3: ``cond(∇²f) ≈ 2·10⁴``).
+  parameters (convex models), full-batch ``∇f_i``; sent as the upper triangle. The client also
+  reports ``f_i(θ^t)`` (``objective``), the value the server's Levenberg–Marquardt
+  globalization (``strategies.fedpm``) needs; nothing scales ``P_i``, so one round with
+  ``K = 1`` stays the global step ``θ − η (Σ w_i P_i)^{-1} Σ w_i ∇f_i`` (§3.5).
 * ``foof`` (Benzing 2022, §3.4): per Linear / Conv2d layer, ``W ← W − η G (A + λI)^{-1}`` with
   ``G = ∂f/∂W`` (``[weight | bias]``) and ``A`` the uncentred second moment of the layer's inputs
   on the step's minibatch (``batch-size``; im2col patches for Conv2d, a 1 appended for the bias).
@@ -34,7 +28,7 @@ kept across rounds (§3.3: recommended default).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -42,6 +36,7 @@ from torch.func import grad, hessian
 
 from client_app.solvers.base import Solver, SolverInput, SolverOutput
 from client_app.solvers.functional import flat_objective
+from protocol.fedpm import OBJECTIVE
 from protocol.foof import Layer, foof_layers, layer_matrix, split_layer_matrix
 from protocol.records import CURVATURE, SHARED, TRIU
 from protocol.symmetric import pack_symmetric
@@ -121,30 +116,11 @@ def _batches(inp: SolverInput) -> Iterator[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------- the local steps
-ARMIJO = 1e-4
-"""Sufficient-decrease constant of the backtracking line search."""
-MIN_STEP = 2.0**-30
-"""Smallest backtracking factor ``t`` tried (then the step is taken anyway)."""
-
-
-def backtrack(
-    f: Callable[[torch.Tensor], torch.Tensor],
-    theta: torch.Tensor,
-    g: torch.Tensor,
-    step: torch.Tensor,
-) -> float:
-    """The largest ``t = 2^{-j} ≥ MIN_STEP`` with ``f(θ − t·step) ≤ f(θ) − ARMIJO·t·gᵀstep``."""
-    value, slope, t = float(f(theta)), float(g @ step), 1.0
-    while t > MIN_STEP and float(f(theta - t * step)) > value - ARMIJO * t * slope:
-        t *= 0.5
-    return t
-
-
 def hessian_steps(inp: SolverInput) -> tuple[Arrays, Arrays, float]:
-    """``K`` exact (damped) Newton steps ``θ ← θ − t η (∇²f_i + λI)^{-1} ∇f_i`` on the local data.
+    """``K`` exact (damped) Newton steps ``θ ← θ − η (∇²f_i + λI)^{-1} ∇f_i`` on the local data.
 
-    ``t = 1``, or Armijo's with ``line-search='armijo'``. Returns ``(θ_i, {TRIU: packed P/t},
-    f_i(θ_i))``: the preconditioner of the last step as taken (``P`` symmetrised).
+    Returns ``(θ_i, {TRIU: packed P}, f_i(θ_i))``: the preconditioner of the last step
+    (``P`` symmetrised).
     """
     cfg = inp.config
     shapes = {k: tuple(inp.u[k].shape) for k in inp.shared}
@@ -153,19 +129,25 @@ def hessian_steps(inp: SolverInput) -> tuple[Arrays, Arrays, float]:
     theta = flatten(inp.named(inp.shared))
     eta, lam = float(cfg["eta"]), float(cfg["damping"])
     eye = torch.eye(theta.numel(), dtype=torch.float64, device=theta.device)
-    search = cfg["line-search"] == "armijo"
     precond = eye
     for _ in range(int(cfg["newton-steps"])):
         g = grad(f)(theta)
         h = hessian(f)(theta)
-        damped = 0.5 * (h + h.T) + lam * eye
-        step = eta * torch.linalg.solve(damped, g)
-        t = backtrack(f, theta, g, step) if search else 1.0
-        precond = damped / t
-        theta = theta - t * step
+        precond = 0.5 * (h + h.T) + lam * eye
+        theta = theta - eta * torch.linalg.solve(precond, g)
     named = {k: v.to(dtype) for k, v in unflatten(theta, shapes).items()}
     inp.set_params(named)
     return named, {TRIU: pack_symmetric(precond).to(dtype)}, float(f(theta))
+
+
+def objectives(inp: SolverInput) -> dict[str, float]:
+    """``{OBJECTIVE: f_i(θ^t)}``: the full-batch objective at the received point, for the
+    server's globalization (``protocol.fedpm``).
+    """
+    shapes = {k: tuple(inp.u[k].shape) for k in inp.shared}
+    return {
+        OBJECTIVE: float(flat_objective(inp, shapes)(flatten({k: inp.u[k] for k in inp.shared})))
+    }
 
 
 def foof_steps(inp: SolverInput, diagonal: bool) -> tuple[Arrays, Arrays, float]:
@@ -255,12 +237,15 @@ def local_steps(inp: SolverInput) -> tuple[Arrays, Arrays, float]:
 
 
 def fedpm(inp: SolverInput) -> SolverOutput:
-    """FedPM client (§3.7): local preconditioned steps; reply ``θ_i`` and the last ``P_i``."""
+    """FedPM client (§3.7): local preconditioned steps; reply ``θ_i`` and the last ``P_i``
+    (exact Hessians: with the ``objectives`` of the server's backtracking).
+    """
+    values = objectives(inp) if inp.config["curvature"] == "hessian" else {}
     theta, curvature, loss = local_steps(inp)
     drift = flatten(theta) - flatten(inp.u)
     return SolverOutput(
         {SHARED: theta, CURVATURE: curvature},
-        {"train-loss": loss, "drift-norm": float(drift.norm())},
+        {"train-loss": loss, "drift-norm": float(drift.norm()), **values},
     )
 
 

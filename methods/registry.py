@@ -40,9 +40,13 @@ from strategies.feddyn import FedDynStrategy
 from strategies.fedpm import FedPMStrategy, check_fedpm
 from strategies.mean import MeanStrategy
 from strategies.scaffold import ScaffoldStrategy
+from tasks.registry import get_task
 
 ConfigCheck = Callable[[Mapping[str, Any], int], str | None]
 """``(resolved config, number of shared parameters)`` -> what is wrong, or None."""
+Preset = Scalar | Callable[[Mapping[str, Scalar]], Scalar]
+"""A preset value, or a rule giving it from the keys resolved before the method's own (the
+run's keys: task, personalization, ...), for a value that depends on the model."""
 
 
 class MethodError(ValueError):
@@ -65,7 +69,7 @@ class Method:
     hyper: type
     personalization: tuple[str, ...]
     summary: str
-    presets: Mapping[str, Scalar] = field(default_factory=dict)
+    presets: Mapping[str, Preset] = field(default_factory=dict)
     check: ConfigCheck | None = None
 
     def __post_init__(self) -> None:
@@ -101,17 +105,43 @@ class Method:
         """The method's own keys (its hyper-parameter dataclass), by key."""
         return params_of(self.hyper)
 
-    def value(self, key: str, default: Scalar) -> Scalar:
+    def value(self, key: str, default: Scalar, run: Mapping[str, Scalar] | None = None) -> Scalar:
         """What ``'auto'`` means for ``key`` in this method: its preset (its first
-        personalization mode), else ``default``.
+        personalization mode; a rule's value for the run's keys ``run``), else ``default``.
         """
         if key == "personalization":
             return self.personalization[0]
-        return self.presets.get(key, default)
+        preset = self.presets.get(key, default)
+        return preset(run or {}) if callable(preset) else preset
 
 
 EXAMPLES = {"client-weighting": "examples"}
 """FedAvg's sample-weighted mean."""
+
+
+def _convex(run: Mapping[str, Scalar]) -> bool:
+    """Whether the run's model is convex (a linear task without personal blocks)."""
+    return bool(get_task(str(run.get("task", "digits"))).convex) and run.get(
+        "personalization", "none"
+    ) in ("none", "auto")
+
+
+def _by_convexity(convex: Scalar, deep: Scalar) -> Callable[[Mapping[str, Scalar]], Scalar]:
+    """A preset that is ``convex`` on a convex model and ``deep`` on a deep network."""
+    return lambda run: convex if _convex(run) else deep
+
+
+PRECONDITIONED: Mapping[str, Preset] = {
+    "curvature": _by_convexity("hessian", "foof"),
+    "eta": _by_convexity(1.0, 0.1),
+    "damping": _by_convexity(0.001, 0.1),
+    "newton-steps": _by_convexity(1, 20),
+}
+"""FedPM's and LocalNewton's preconditioner by model (ALGORITHMS.md §3): exact Hessians, one
+full (globalized) Newton step per round on a convex model; on a deep network, whose exact
+Hessian is neither affordable nor positive semi-definite, FOOF factors with 20 local steps of
+η = 0.1 and damping 0.1 (FedPM on digits Dirichlet(0.1): 0.93 after 5 rounds, benchmarks/README
+"FedPM: CNN")."""
 
 NEWTON_ADMM: Mapping[str, Scalar] = {"rho": 1.0}
 """``newton-admm``'s ρ. The delta-method client problem in ``m`` has the quadratic part
@@ -274,7 +304,8 @@ METHODS: dict[str, Method] = {
             NewtonHyper,
             ("none",),
             "FedPM (Ishii et al.): K local preconditioned steps, preconditioned mixing",
-            check=check_fedpm,
+            PRECONDITIONED,
+            check_fedpm,
         ),
         Method(
             "localnewton",
@@ -283,7 +314,8 @@ METHODS: dict[str, Method] = {
             NewtonHyper,
             ("none",),
             "LocalNewton: the FedPM local steps, (client-weighting) mean",
-            check=check_fedpm,
+            PRECONDITIONED,
+            check_fedpm,
         ),
         Method(
             "fednl",

@@ -89,7 +89,7 @@ def resolve(raw: Mapping[str, Any]) -> tuple[dict[str, Scalar], dict[str, str]]:
                 )
             cfg[key], origins[key] = spec.default, "default"
         elif auto:
-            cfg[key] = _checked(spec, method.value(key, spec.default))
+            cfg[key] = _checked(spec, method.value(key, spec.default, cfg))
             preset = key in method.presets or key == "personalization"
             origins[key] = "method" if preset else "default"
         else:

@@ -10,7 +10,7 @@ weighting (``lru_cache``; the Newton solve is exact up to ``‖∇f‖ ≤ 1e-12
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -46,17 +46,19 @@ def global_objective(spec: FederationSpec, weighting: str, seed: int) -> tuple[O
     return f, shapes
 
 
-@lru_cache(maxsize=8)
-def optimum(spec: FederationSpec, weighting: str, seed: int) -> tuple[torch.Tensor, float]:
-    """``(θ*, f*)`` of the global objective by damped Newton in float64 (cached)."""
-    f, shapes = global_objective(spec, weighting, seed)
-    skeleton = build_skeleton(get_task(spec.task), "none", seed)
-    theta = flatten({k: skeleton.init[k] for k in shapes})
+def damped_newton(
+    f: Objective, theta: torch.Tensor, steps: int = 200
+) -> Iterator[tuple[torch.Tensor, float]]:
+    """Each iterate ``(θ, f(θ))`` of centralized damped Newton from ``theta`` (float64, Armijo
+    backtracking), the start included; stops at a zero gradient or when no decrease is
+    representable in float64. The yardstick FedPM's rounds are compared with.
+    """
     value = f(theta)
-    for _ in range(200):
+    yield theta, float(value)
+    for _ in range(steps):
         g = grad(f)(theta)
         if float(g.norm()) <= 1e-12:
-            break
+            return
         h = hessian(f)(theta)
         step = torch.linalg.solve(0.5 * (h + h.T), g)
         t = 1.0
@@ -66,10 +68,24 @@ def optimum(spec: FederationSpec, weighting: str, seed: int) -> tuple[torch.Tens
             if float(new) <= float(value) - 1e-4 * t * float(g @ step):
                 break
             t *= 0.5
-            if t < 1e-12:  # no decrease representable in float64: at the optimum
-                return theta, float(value)
+            if t < 1e-12:  # at the optimum
+                return
         theta, value = cand, new
-    return theta, float(value)
+        yield theta, float(value)
+
+
+def initial_theta(spec: FederationSpec, seed: int, shapes: Mapping[str, Any]) -> torch.Tensor:
+    """The model's initial shared weights, flat in ``shapes``' layout."""
+    skeleton = build_skeleton(get_task(spec.task), "none", seed)
+    return flatten({k: skeleton.init[k] for k in shapes})
+
+
+@lru_cache(maxsize=8)
+def optimum(spec: FederationSpec, weighting: str, seed: int) -> tuple[torch.Tensor, float]:
+    """``(θ*, f*)`` of the global objective by damped Newton in float64 (cached)."""
+    f, shapes = global_objective(spec, weighting, seed)
+    *_, last = damped_newton(f, initial_theta(spec, seed, shapes))
+    return last
 
 
 def subopt_fn(cfg: Mapping[str, Any], spec: FederationSpec) -> Callable[[Mapping[str, Any]], float]:

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from server_app.api import run_in_process
+from server_app.config import validate_run_config
+from server_app.suboptimality import damped_newton, global_objective, initial_theta, optimum
+from tasks.federation import federation_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,13 +73,36 @@ def run(cfg: dict[str, Any], clients: int) -> list[dict[str, Any]]:
         return run_in_process(cfg | {"output-dir": tmp}, clients).rows
 
 
-def convex(rounds: int, eta: float, damping: float) -> list[str]:
+def centralized(task: str, overrides: dict[str, Any], rounds: int) -> str:
+    """The table row of centralized damped Newton (float64, Armijo) from the same start."""
+    cfg = validate_run_config(defaults() | overrides | {"algorithm": "fedpm"})
+    spec = federation_spec(cfg, 10)
+    f, shapes = global_objective(spec, "examples", 0)
+    values = [v for _, v in damped_newton(f, initial_theta(spec, 0, shapes))][: rounds + 1]
+    f_star = optimum(spec, "examples", 0)[1]
+    sub = [max(v - f_star, 0.0) for v in values] + [0.0] * (rounds + 1 - len(values))
+    hit = next((i for i, s in enumerate(sub) if s <= 1e-8), None)
+    reached = hit if hit is not None else f"> {rounds}"
+    ratios = [b / a for a, b in itertools.pairwise(sub[1:]) if a > 1e-14][-3:]
+    return (
+        f"| {task} | centralized damped Newton (iterations) | {sub[1]:.2e} | "
+        f"{sub[min(5, rounds)]:.2e} | {sub[-1]:.2e} | {reached} | "
+        + ", ".join(f"{x:.1e}" for x in ratios)
+        + " | - |"
+    )
+
+
+def convex(rounds: int, eta: float, damping: float | None) -> list[str]:
     """Suboptimality table (markdown rows) for the convex tasks."""
     lines = [
-        "| task | method | subopt r1 | r5 | final | rounds to 1e-8 | last successive ratios |",
-        "|---|---|---|---|---|---|---|",
+        "| task | method | subopt r1 | r5 | final | rounds to 1e-8 | last successive ratios "
+        "| MB up per round |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    newton: dict[str, Any] = {"eta": eta} | ({} if damping is None else {"damping": damping})
     for task, tover in TASKS.items():
+        lines.append(centralized(task, tover, rounds))
+        print(lines[-1], flush=True)
         for method, over in CONVEX.items():
             cfg = (
                 defaults()
@@ -89,10 +115,9 @@ def convex(rounds: int, eta: float, damping: float) -> list[str]:
                     "client-weighting": "examples",
                     "local-test-fraction": 0.0,
                     "device": "cpu",
-                    "eta": eta,
-                    "damping": damping,
                     "run-name": f"{task}-{method}",
                 }
+                | (newton if over["algorithm"] in ("fedpm", "localnewton") else {})
             )
             rows = run(cfg, 10)
             sub = [max(r["subopt"], 0.0) for r in rows]
@@ -102,7 +127,7 @@ def convex(rounds: int, eta: float, damping: float) -> list[str]:
                 f"| {task} | {method} | {sub[1]:.2e} | {sub[min(5, rounds)]:.2e} | {sub[-1]:.2e} "
                 f"| {hit if hit is not None else f'> {rounds}'} | "
                 + ", ".join(f"{x:.1e}" for x in ratios)
-                + " |"
+                + f" | {statistics.mean(r['bytes-up'] for r in rows[1:]) / 1e6:.3f} |"
             )
             print(lines[-1], flush=True)
     return lines
@@ -158,7 +183,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cnn-steps", type=int, default=20, help="FOOF steps per round")
     parser.add_argument("--eta", type=float, default=1.0)
-    parser.add_argument("--damping", type=float, default=0.0)
+    parser.add_argument(
+        "--damping", type=float, default=None, help="local damping (default: the preset)"
+    )
     args = parser.parse_args()
     defaults()
     out = []

@@ -9,6 +9,7 @@ and normalised per channel with fixed constants, so every process computes the s
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -154,9 +155,13 @@ class TorchvisionTask(Task):
 class FashionMNISTTask(TorchvisionTask):
     """Fashion-MNIST: 60k/10k 28x28 grayscale images, 10 classes.
 
-    Reads ``<data-dir>/FashionMNIST/raw/``; if that is incomplete and the Debian package's
-    files are in ``DEBIAN_FASHION_MNIST_DIR``, they are unpacked there first (or into the
-    user cache when data-dir is empty or read-only).
+    Reads ``<data-dir>/FashionMNIST/raw/``. ``data-dir`` may also be a directory in the
+    Debian package's layout (the four idx ``.gz`` files directly in it, e.g.
+    ``DEBIAN_FASHION_MNIST_DIR`` itself): they are unpacked into the user cache, in a folder
+    keyed by that directory's path, and never into it. Otherwise, if
+    ``<data-dir>/FashionMNIST/raw/`` is incomplete and the Debian package's files are in
+    ``DEBIAN_FASHION_MNIST_DIR``, they are unpacked there first (or into the user cache when
+    data-dir is empty or read-only).
     """
 
     name = "fashion-mnist"
@@ -173,16 +178,22 @@ class FashionMNISTTask(TorchvisionTask):
         data_dir = Path(options.data_dir).expanduser() if options.data_dir else None
         if data_dir is not None and _has_fashion_layout(data_dir):
             return data_dir
-        debian = Path(DEBIAN_FASHION_MNIST_DIR)
-        if not all((debian / f"{name}.gz").is_file() for name in FASHION_MNIST_FILES):
-            return super().prepare_root(options)
-        candidates = [data_dir, cache_root()] if data_dir is not None else [cache_root()]
+        if data_dir is not None and _has_debian_layout(data_dir):
+            debian = data_dir
+            key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+            candidates = [cache_root() / "debian-layout" / key]
+        else:
+            debian = Path(DEBIAN_FASHION_MNIST_DIR)
+            if not _has_debian_layout(debian):
+                return super().prepare_root(options)
+            candidates = [data_dir, cache_root()] if data_dir is not None else [cache_root()]
         target = next((c for c in candidates if _writable_raw_dir(c)), None)
         if target is None:
             raise DataUnavailableError(
                 f"{self.title}: found the Debian package files in {str(debian)!r} but cannot "
                 f"unpack them: none of {[str(c) for c in candidates]} is writable. "
-                "Fix: set data-dir to a writable directory."
+                "Fix: set data-dir to a writable directory (or XDG_CACHE_HOME, when data-dir "
+                "is the directory of .gz files)."
             )
         try:
             _unpack_fashion(debian, target)
@@ -245,6 +256,11 @@ class CIFAR100Task(TorchvisionTask):
             "holds train, test and meta (the original, unmodified files: their md5 sums are "
             "checked)"
         )
+
+
+def _has_debian_layout(directory: Path) -> bool:
+    """The four idx ``.gz`` files directly in ``directory`` (``dataset-fashion-mnist``)."""
+    return all((directory / f"{name}.gz").is_file() for name in FASHION_MNIST_FILES)
 
 
 def _has_fashion_layout(root: Path) -> bool:

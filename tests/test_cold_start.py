@@ -100,3 +100,28 @@ def test_numpy_metrics_equal_sklearn_bit_for_bit(chunk: int) -> None:
 def test_metrics_of_an_empty_split() -> None:
     m = classification_metrics(np.zeros(0, np.int64), np.zeros((0, 3)), 0.0)
     assert np.isnan(m["macro-f1"]) and np.isnan(m["accuracy"]) and np.isnan(m["auc"])
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.9, 1e-3)])
+def test_sgd_step_equals_torch_sgd_bit_for_bit(momentum: float, weight_decay: float) -> None:
+    """``SGDStep`` (no ``torch._dynamo`` import) is ``torch.optim.SGD``'s update op for op."""
+    import torch
+
+    from client_app.solvers.base import SGDStep
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(shape, generator=gen)) for shape in ((7, 3), (3,))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    step = SGDStep(ours, momentum, weight_decay)
+    reference = torch.optim.SGD(theirs, lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    for k in range(12):
+        for a, b in zip(ours, theirs, strict=True):
+            grad = torch.randn(a.shape, generator=gen)
+            a.grad, b.grad = grad.clone(), (None if k == 5 and a.ndim == 1 else grad.clone())
+            if b.grad is None:
+                a.grad = None  # a parameter without a gradient is left alone by both
+        step.step(0.1 / (1 + k))
+        reference.param_groups[0]["lr"] = 0.1 / (1 + k)
+        reference.step()
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.equal(a, b)

@@ -235,15 +235,19 @@ def test_supernode_killed_in_round_2_comes_back_with_its_persisted_state(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     out = tmp_path / "outputs"
+    # six rounds: a restarted node is refused until its predecessor's heartbeat expires
+    # (about 60 s), and rounds are faster than that now; it must be back by the last round
+    rounds = 6
     run = cluster.submit(
         f"{RUN} round-timeout=90.0 min-available-nodes=3 output-dir='{out}' run-name='faulty'"
+        f" num-server-rounds={rounds}"
     )
     victim, pid = "supernode-2", 1
     metrics = out / "faulty" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
         if metrics.exists() and metrics.read_text().strip():
-            break  # round 1 recorded: round 2 is under way
+            break  # round 1 recorded (with round 2's exchange: fused evaluation)
         time.sleep(0.1)
     time.sleep(1.0)
     NetLab.kill(cluster.procs[victim])
@@ -258,9 +262,9 @@ def test_supernode_killed_in_round_2_comes_back_with_its_persisted_state(
     assert wait_for(run, 400) == 0, log.read_text()[-4000:]
 
     rows = read_metrics(out / "faulty")
-    assert [r["round"] for r in rows] == [1, 2, 3]
-    assert rows[1]["dropped-replies"] >= 1  # the killed node's round-2 reply(s)
-    assert rows[2]["clients"] == 3  # back in round 3
+    assert [r["round"] for r in rows] == list(range(1, rounds + 1))
+    assert any(r["dropped-replies"] >= 1 for r in rows[1:])  # the killed node's reply(s)
+    assert rows[-1]["clients"] == 3  # back by the last round
     restores = [json.loads(x) for x in (state_dir / RESTORES).read_text().splitlines()]
     assert restores, "the restarted node did not restore its state from disk"
     first = restores[0]

@@ -279,6 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.ca and not args.insecure:
             parser.error("submit needs --ca <ca.crt> (or --insecure for a local SuperLink)")
         app = Path(args.app).resolve()
+        from server_app.config import ConfigError, check_overrides  # torch: only to submit
+
+        try:
+            check_overrides(app, args.run_config, local=False)
+        except ConfigError as err:
+            print(f"dualflower-deploy: {err}", file=sys.stderr)
+            return 2
         home = Path(args.flwr_home) if args.flwr_home else app / ".flwr-deploy"
         env = write_connection(home, args.superlink, args.ca or None)
         cmd = ["flwr", "run", str(app), CONNECTION, "--stream"]

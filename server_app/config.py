@@ -13,7 +13,9 @@ refused (a value that would be silently ignored is an error).
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,3 +139,28 @@ def _check_combinations(cfg: Mapping[str, Scalar], method: Method) -> None:
         )
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run config device='cuda' but CUDA is not available; use 'auto' or 'cpu'")
+
+
+REMOTE_ONLY = ("resume-from", "device")
+"""Keys whose check needs the machine that runs the ServerApp (a path there, its CUDA)."""
+
+
+def check_overrides(app: Path, overrides: str, *, local: bool = True) -> dict[str, Scalar]:
+    """Resolve the app's run-config defaults (``<app>/pyproject.toml``) with ``overrides``
+    (``flwr run --run-config`` syntax) before anything is started, so that a refused key is
+    shown on the console that submitted it with its value and allowed range (a bare ``flwr
+    run`` shows only "Invalid run configuration" for an unknown key). ``local=False`` (a
+    deployment, whose ServerApp runs elsewhere) leaves ``REMOTE_ONLY`` keys to the server.
+    """
+    from flwr.common.config import parse_config_args
+
+    with (app / "pyproject.toml").open("rb") as fh:
+        raw = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    try:
+        given = parse_config_args([overrides]) if overrides else {}
+    except Exception as err:  # Flower's parser raises on malformed TOML fragments
+        raise ConfigError(f"--run-config {overrides!r} cannot be parsed: {err}") from None
+    raw.update(given)
+    if not local:
+        raw.update({key: AUTO if key == "device" else "" for key in REMOTE_ONLY})
+    return resolve(raw)[0]

@@ -153,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--federation-config: {err}")
 
     app = Path(args.app).resolve()
+    from server_app.config import ConfigError, check_overrides  # methods and torch: late
+
+    try:
+        check_overrides(app, args.run_config)
+    except ConfigError as err:
+        print(f"dualflower-run: {err}", file=sys.stderr)
+        return 2
     home = Path(args.flwr_home).resolve() if args.flwr_home else app / ".flwr"
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()

@@ -134,3 +134,34 @@ def test_resume_from_must_exist(tmp_path: Any) -> None:
     cfg = default_config() | {"resume-from": str(tmp_path / "no-such-run")}
     with pytest.raises(ConfigError, match="resume-from=.*no-such-run.*existing run directory"):
         validate_run_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "named"),
+    [
+        (["dualflower-run"], "no-such-key=1", "unknown run-config key(s) no-such-key"),
+        (["dualflower-run"], "lr=-3", "lr=-3 is not allowed; expected a number in (0.0, inf)"),
+        (
+            ["dualflower-deploy", "submit", "--superlink", "127.0.0.1:9", "--insecure"],
+            "num-server-rounds=0",
+            "num-server-rounds=0 is not allowed; expected an integer in [1,",
+        ),
+    ],
+)
+def test_console_names_a_refused_key_before_anything_starts(
+    command: list[str], override: str, named: str, tmp_path: Any
+) -> None:
+    """The launchers check the run config first: exit 2, the key, value and range on stderr,
+    no SuperLink started (a bare ``flwr run`` prints only "Invalid run configuration")."""
+    import subprocess
+    from pathlib import Path
+
+    app = str(Path(__file__).resolve().parents[1])
+    argv = [*command[:1], *command[1:2], app, *command[2:], "-c", override]
+    if command[0] == "dualflower-run":
+        argv += ["--flwr-home", str(tmp_path / "home")]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert named in out.stderr
+    assert "SuperLink pid" not in out.stdout
+    assert not (tmp_path / "home").exists()

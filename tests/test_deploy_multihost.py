@@ -25,7 +25,7 @@ from client_app.solvers.admm import PI
 from client_app.state import RESTORES, round_files, state_digest, state_path
 from deploy.certs import make_node_key
 from deploy.cluster import CONTROL_PORT, FLEET_PORT
-from server_app.checkpoint import read_checkpoint
+from server_app.checkpoint import read_checkpoint, round_dirs
 from tests.compose_files import merged
 from tests.conftest import ROOT, read_metrics
 from tests.netlab import NetLab, Socket
@@ -238,16 +238,16 @@ def test_supernode_killed_in_round_2_comes_back_with_its_persisted_state(
     # six rounds: a restarted node is refused until its predecessor's heartbeat expires
     # (about 60 s), and rounds are faster than that now; it must be back by the last round
     rounds = 6
+    six = RUN.replace("num-server-rounds=3", f"num-server-rounds={rounds}")
     run = cluster.submit(
-        f"{RUN} round-timeout=90.0 min-available-nodes=3 output-dir='{out}' run-name='faulty'"
-        f" num-server-rounds={rounds}"
+        f"{six} round-timeout=90.0 min-available-nodes=3 output-dir='{out}' run-name='faulty'"
     )
     victim, pid = "supernode-2", 1
-    metrics = out / "faulty" / "metrics.jsonl"
+    metrics, checkpoints = out / "faulty" / "metrics.jsonl", out / "faulty" / "checkpoint"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
-        if metrics.exists() and metrics.read_text().strip():
-            break  # round 1 recorded (with round 2's exchange: fused evaluation)
+        if metrics.exists() and metrics.read_text().strip() and round_dirs(checkpoints):
+            break  # round 1 recorded and checkpointed (after round 2's exchange: fused)
         time.sleep(0.1)
     time.sleep(1.0)
     NetLab.kill(cluster.procs[victim])

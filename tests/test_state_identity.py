@@ -265,6 +265,9 @@ def kill_in_round_3(msg: Message) -> None:
 IVON = {"eval-samples": 2, "lr": 0.002, "hess-init": 0.5, "fraction-train": 0.67}
 STATEFUL: dict[str, dict[str, Any]] = {
     "fedadmm": {},
+    "fedapm": {},
+    "bayes-admm": {},
+    "fedrep": {},
     "scaffold": {},
     "feddyn": {},
     "ditto": {},
@@ -318,3 +321,21 @@ def test_resume_refuses_nodes_that_lost_their_state(tmp_path: Path) -> None:
     # the same nodes pointed at the run directory's mirror resume exactly
     resumed = run_federation(grid(run_dir / CLIENT_STATE_DIR), cfg | {"resume-from": str(run_dir)})
     assert resumed == run_dir
+
+
+@pytest.mark.parametrize("algorithm", sorted(STATEFUL))
+def test_resume_with_state_dir_equals_uninterrupted(tmp_path: Path, algorithm: str) -> None:
+    """The same with each node's own ``state-dir`` (as on separate machines)."""
+    state = tmp_path / "state"
+    cfg = base_config(tmp_path / "outputs", algorithm=algorithm, **STATEFUL[algorithm])
+    full = run_federation(grid(tmp_path / "full-state"), cfg | {"run-name": "full"})
+    kill_in_round_3.seen = 0  # type: ignore[attr-defined]
+    with pytest.raises(ServerKilledError):
+        run_federation(grid(state, on_deliver=kill_in_round_3), cfg | {"run-name": "cut"})
+    run_dir = tmp_path / "outputs" / "cut"
+    resumed = run_federation(
+        grid(state, first_node_id=7000), cfg | {"resume-from": str(run_dir), "run-name": "x"}
+    )
+    assert resumed == run_dir
+    assert strip(read_metrics(run_dir)) == strip(read_metrics(full))
+    assert not (run_dir / CLIENT_STATE_DIR).exists()  # every node used its own state-dir

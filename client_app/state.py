@@ -241,35 +241,37 @@ class ContextStore:
     def __init__(self, context: Context) -> None:
         self.context = context
 
-    def _held(self) -> dict[int, Groups]:
-        """Every held ``round -> groups`` (the newest and its base)."""
+    def _rounds(self) -> dict[int, str]:
+        """The held rounds, each with the prefix of its records ('' the newest, ``BASE``)."""
         meta = self.context.state.config_records.get(META)
         if meta is None:
             return {}
-        newest, base = int(cast(int, meta["round"])), int(cast(int, meta.get("base", -1)))
-        held: dict[int, Groups] = {newest: {}}
-        if base >= 0:
-            held[base] = {}
-        for key, record in self.context.state.array_records.items():
-            is_base = key.startswith(self.BASE)
-            rnd, name = (base, key[len(self.BASE) :]) if is_base else (newest, key)
-            held[rnd][name] = {k: torch.from_numpy(v.numpy().copy()) for k, v in record.items()}
-        return held
+        base = int(cast(int, meta.get("base", -1)))
+        return {int(cast(int, meta["round"])): "", **({base: self.BASE} if base >= 0 else {})}
+
+    def _groups(self, prefix: str) -> Groups:
+        """A copy of the groups held under ``prefix`` (only that slot's records are read)."""
+        return {
+            key[len(prefix) :]: {k: torch.from_numpy(v.numpy().copy()) for k, v in rec.items()}
+            for key, rec in self.context.state.array_records.items()
+            if key.startswith(self.BASE) == bool(prefix)
+        }
 
     def load(self, max_round: int | None) -> tuple[int, Groups] | None:
         """The newest held groups whose round is allowed."""
-        held = self._held()
-        allowed = [r for r in held if max_round is None or r <= max_round]
+        rounds = self._rounds()
+        allowed = [r for r in rounds if max_round is None or r <= max_round]
         if not allowed:
             return None
         newest = max(allowed)
-        return newest, held[newest]
+        return newest, self._groups(rounds[newest])
 
     def store(self, server_round: int, groups: Groups, base_round: int | None = None) -> None:
         """Replace the held state by ``groups`` (round ``server_round``), keeping the held
         groups of ``base_round`` (the round they were computed from) as the base.
         """
-        base = self._held().get(base_round, None) if base_round is not None else None
+        rounds = self._rounds()
+        base = self._groups(rounds[base_round]) if base_round in rounds else None
         for key in list(self.context.state.array_records):
             del self.context.state[key]
         for key, tensors in groups.items():

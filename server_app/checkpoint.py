@@ -361,6 +361,19 @@ def _names(meta: Mapping[str, Any], file: Path, key: str) -> list[str]:
     return names
 
 
+def _directory_name(meta: Mapping[str, Any], file: Path, key: str, where: str) -> str:
+    """``meta[key]`` if it is one directory name (clients keep their state in ``where``)."""
+    value: str = _field(meta, file, key, str, "a directory name")
+    if not is_path_component(value):
+        raise checkpoint_error(
+            file,
+            f"field {key!r}",
+            f"is {value!r}; expected one directory name (clients keep their state in "
+            f"{where}): not '.' or '..', no '/', '\\' or control characters",
+        )
+    return value
+
+
 def _read_meta(directory: Path) -> dict[str, Any]:
     """``state.json`` of ``directory``, checked field by field (not yet against the run)."""
     file = directory / STATE_FILE
@@ -380,22 +393,8 @@ def _read_meta(directory: Path) -> dict[str, Any]:
         raise checkpoint_error(
             file, "field 'round'", f"is {rnd}, but the directory is {directory.name}"
         )
-    scope = _field(meta, file, "state-scope", str, "a directory name")
-    if not is_path_component(scope):
-        raise checkpoint_error(
-            file,
-            "field 'state-scope'",
-            f"is {scope!r}; expected one directory name (clients keep their state in "
-            "<state-dir>/<state-scope>): not '.' or '..', no '/', '\\' or control characters",
-        )
-    run_id = _field(meta, file, "run-id", str, "the run's id")
-    if not is_path_component(run_id):
-        raise checkpoint_error(
-            file,
-            "field 'run-id'",
-            f"is {run_id!r}; expected one directory name (clients keep their state in "
-            "<state-dir>/<state-scope>/<run-id>)",
-        )
+    _directory_name(meta, file, "state-scope", "<state-dir>/<state-scope>")
+    _directory_name(meta, file, "run-id", "<state-dir>/<state-scope>/<run-id>")
     _field(meta, file, "rule", str, "the name of the aggregation rule")
     clients = _field(meta, file, "num-clients", int, "a number of partitions")
     if clients < 1:

@@ -80,17 +80,28 @@ def test_fused_evaluation_equals_the_two_phase_protocol(
 
 
 # ------------------------------------------------------------------------- rollback
+def is_train_reply(reply: Message, grid: InProcessGrid, round_: str, node_index: int) -> bool:
+    """Whether ``reply`` is node ``node_index``'s train reply of ``round_``."""
+    return (
+        reply.metadata.group_id == round_
+        and reply.metadata.message_type == "train"
+        and reply.metadata.src_node_id == grid.node_ids[node_index]
+    )
+
+
+def unavailable(reply: Message) -> Message:
+    """The error reply the SuperLink sends in place of ``reply`` for an unavailable node."""
+    error = Message(Error(code=3, reason="Node Unavailable"), reply_to=reply)
+    error.metadata.__dict__["_reply_to_message_id"] = reply.metadata.reply_to_message_id
+    return error
+
+
 def drop_in_round(round_: str, node_index: int) -> Any:
     """A tamper that makes node ``node_index``'s train reply of ``round_`` unusable (NaN)."""
 
     def tamper(reply: Message) -> Message:
         grid = tamper.grid  # type: ignore[attr-defined]
-        if (
-            reply.metadata.group_id == round_
-            and reply.metadata.message_type == "train"
-            and reply.metadata.src_node_id == grid.node_ids[node_index]
-            and not reply.has_error()
-        ):
+        if is_train_reply(reply, grid, round_, node_index) and not reply.has_error():
             for record in reply.content.array_records.values():
                 for key in list(record.keys()):
                     arr = record[key].numpy().copy()
@@ -219,15 +230,7 @@ def error_in_round(round_: str, node_index: int) -> Any:
 
     def tamper(reply: Message) -> Message:
         grid = tamper.grid  # type: ignore[attr-defined]
-        if (
-            reply.metadata.group_id == round_
-            and reply.metadata.message_type == "train"
-            and reply.metadata.src_node_id == grid.node_ids[node_index]
-        ):
-            error = Message(Error(code=3, reason="Node Unavailable"), reply_to=reply)
-            error.metadata.__dict__["_reply_to_message_id"] = reply.metadata.reply_to_message_id
-            return error
-        return reply
+        return unavailable(reply) if is_train_reply(reply, grid, round_, node_index) else reply
 
     return tamper
 
@@ -255,9 +258,7 @@ def test_discovery_asks_again_after_an_error_reply(tmp_path: Path) -> None:
     def tamper(reply: Message) -> Message:
         if reply.metadata.message_type == "query.info" and not seen:
             seen.append(reply.metadata.src_node_id)
-            error = Message(Error(code=3, reason="Node Unavailable"), reply_to=reply)
-            error.metadata.__dict__["_reply_to_message_id"] = reply.metadata.reply_to_message_id
-            return error
+            return unavailable(reply)
         return reply
 
     grid = InProcessGrid(client_app, NODES, tamper=tamper)

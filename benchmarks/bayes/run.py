@@ -283,18 +283,7 @@ DEEP_RUNS: dict[str, dict[str, Any]] = {
 }
 FMNIST_RUNS: dict[str, dict[str, Any]] = {
     # the authors' FMNIST-heterogeneous config (ALGORITHMS.md §2.5.6)
-    "ivon-admm (authors)": {
-        "algorithm": "ivon-admm",
-        "lr": 5e-5,
-        "tau": 1e-3,
-        "rho": 0.2,
-        "gamma": 1e-3,
-        "prior-precision": 1.0,
-        "hess-init": 1e-3,
-        "beta2": 0.9998,
-        "mc-samples": 1,
-        "eval-samples": 20,
-    },
+    "ivon-admm (authors)": {**DEEP_RUNS["ivon-admm"], "lr": 5e-5},
     # the project's presets: nothing set but the algorithm (and the shared protocol)
     "ivon-admm (presets)": {"algorithm": "ivon-admm", "eval-samples": 20},
     "fedadmm": {"algorithm": "fedadmm"},

@@ -4,7 +4,8 @@ Each method of ``methods.registry.METHODS`` runs in process (``server_app.api.ru
 with nothing set but ``algorithm``, ``task`` and the number of rounds, on
 
 * ``digits`` (the default task, a small CNN) with 2 and 10 clients, every method whose model
-  is defined there (the exact-Hessian / full-covariance methods refuse the CNN before round 1);
+  is defined there (newton-admm and fednl, exact-Hessian by definition, refuse the CNN before
+  round 1; fedpm and localnewton use their FOOF presets there);
 * ``breast-cancer`` (logistic regression, convex) with 2 and 10 clients, every method whose
   default personalization is defined for a linear model (FedPer/FedSim/FedAlt/FedRep/FedAPM
   default to a personal output layer, which a one-layer model does not have).
@@ -38,15 +39,13 @@ from server_app.api import run_in_process
 SHORT = int(os.environ.get("DUALFLOWER_MATRIX_ROUNDS", "5"))
 """Rounds of the non-acceptance cases; 0 = the default ``num-server-rounds`` (module docstring)."""
 
-NOT_ON_CNN = ("newton-admm", "fedpm", "localnewton", "fednl")
-"""Exact-Hessian / full-covariance methods: refused on the digits CNN (``check``)."""
+NOT_ON_CNN = ("newton-admm", "fednl")
+"""Exact-Hessian / full-covariance methods: refused on the digits CNN (``check``); fedpm and
+localnewton run there with their FOOF presets."""
 PERSONAL_DEFAULT = ("fedper", "fedsim", "fedalt", "fedrep", "fedapm")
 """Methods whose default personalization is a personal output layer (not on linear models)."""
 PERSONALIZED_METRIC = (*PERSONAL_DEFAULT, "ditto")
 """Methods judged by the personalized accuracy (a personal block or a personal model)."""
-FEDPM_FAMILY = ("fedpm", "fednl", "localnewton")
-"""Being reworked elsewhere (FedPM globalization); xfail rather than failing if they miss."""
-
 OPEN: dict[tuple[str, str, int], str] = {}
 """Known misses, xfail (not strict) with their reason until their defaults are fixed."""
 
@@ -83,8 +82,6 @@ def test_preset_learns_at_its_defaults(
     ]
     print(f"MATRIX {task} {algorithm} {clients} {metric} {final:.3f} rounds={len(trained)}")
     ok = not diverged and final >= floor
-    if not ok and algorithm in FEDPM_FAMILY:
-        pytest.xfail("FedPM globalization in progress")
     if not ok and (task, algorithm, clients) in OPEN:
         pytest.xfail(OPEN[(task, algorithm, clients)])
     assert not diverged, f"{algorithm} on {task} with {clients} clients diverged in {diverged}"

@@ -154,8 +154,14 @@ def check_overrides(app: Path, overrides: str, *, local: bool = True) -> dict[st
     """
     from flwr.common.config import parse_config_args
 
-    with (app / "pyproject.toml").open("rb") as fh:
-        raw = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    try:
+        with (app / "pyproject.toml").open("rb") as fh:
+            raw = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"{app} is not a dualflower app directory: its pyproject.toml has no readable "
+            f"[tool.flwr.app.config] ({type(err).__name__}: {err})"
+        ) from None
     try:
         given = parse_config_args([overrides]) if overrides else {}
     except Exception as err:  # Flower's parser raises on malformed TOML fragments

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -149,9 +150,20 @@ def test_failed_submission_reports_no_run_status_and_writes_beside_the_app(
     monkeypatch.setattr(cli, "submit_run", lambda *_a: "")
     monkeypatch.chdir(tmp_path)
     app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "pyproject.toml", app / "pyproject.toml")
     assert cli.main(["submit", str(app), "--superlink", "127.0.0.1:8000", "--insecure"]) == 1
     assert "submission failed" in capsys.readouterr().out
     assert (app / ".flwr-deploy" / "config.toml").exists()
+    assert not (tmp_path / ".flwr-deploy").exists()
+
+
+def test_submitting_a_directory_without_an_app_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["submit", str(tmp_path), "--superlink", "127.0.0.1:8000", "--insecure"])
+    assert code == 2
+    assert "is not a dualflower app directory" in capsys.readouterr().err
     assert not (tmp_path / ".flwr-deploy").exists()
 
 

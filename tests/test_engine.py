@@ -72,10 +72,22 @@ def test_simulation_runs_twice_identically_and_plots(tmp_path: Path) -> None:
     assert png.stat().st_size > 10_000
 
 
-def test_failed_run_exits_nonzero(tmp_path: Path) -> None:
+def test_refused_config_exits_2_before_anything_starts(tmp_path: Path) -> None:
     result = launch(tmp_path, f"rho=-1.0 output-dir='{tmp_path / 'o'}'", nodes=2)
-    assert result.returncode == 1
-    assert "rho=-1.0 is not allowed" in result.stderr + result.stdout
+    assert result.returncode == 2
+    assert "rho=-1.0 is not allowed" in result.stderr
+    assert "SuperLink pid" not in result.stdout and not (tmp_path / "o").exists()
+
+
+def test_failed_run_exits_nonzero(tmp_path: Path) -> None:
+    """A run that fails inside the ServerApp (no usable reply) exits 1 and leaves no process."""
+    result = launch(
+        tmp_path,
+        f"lr=1e300 max-failed-rounds=1 num-server-rounds=3 output-dir='{tmp_path / 'o'}'",
+        nodes=2,
+    )
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "max-failed-rounds=1" in result.stderr + result.stdout
     assert leftover_processes(result) == []
 
 

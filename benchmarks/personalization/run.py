@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import math
+import re
 import statistics
 import tempfile
 import time
@@ -50,14 +51,23 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
     "ditto": {"algorithm": "ditto"},
     "feddyn": {"algorithm": "feddyn"},
 }
-CHECKS: dict[str, dict[str, Any]] = {
-    # not in the default list: the shared lr default (0.2) where plain SGD on the whole model
-    # diverged (mfeat, seed 1)
-    "fedavg-lr0.1": {"algorithm": "fedavg", "lr": 0.1, "label": "fedavg-lr0.1"},
-    "fedavg-lr0.05": {"algorithm": "fedavg", "lr": 0.05, "label": "fedavg-lr0.05"},
-}
 DEFAULT_ALGORITHMS = list(ALGORITHMS)
-ALGORITHMS |= CHECKS
+LR_VARIANT = re.compile(r"^(?P<base>[a-z-]+?)-lr(?P<lr>[0-9.e-]+)$")
+"""``<algorithm>-lr<value>``: that algorithm's entry with ``lr`` set (the lr grid)."""
+
+
+def resolve(name: str) -> dict[str, Any]:
+    """The run keys of an ``--algorithms`` entry: a name of ``ALGORITHMS``, or
+    ``<name>-lr<value>`` for that algorithm at another ``lr`` (labelled with the full name).
+    """
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    match = LR_VARIANT.match(name)
+    if match is None or match["base"] not in ALGORITHMS:
+        raise SystemExit(f"unknown algorithm {name!r}: one of {sorted(ALGORITHMS)}[-lr<value>]")
+    return ALGORITHMS[match["base"]] | {"lr": float(match["lr"]), "label": name}
+
+
 SCENARIOS: dict[str, dict[str, Any]] = {
     "digits-dir0.1": {
         "task": "digits",
@@ -270,7 +280,7 @@ def main() -> None:
                         continue
                     if args.from_runs:
                         continue
-                    rows = run_one(scenario, ALGORITHMS[algo], seed, args.rounds, Path(tmp) / name)
+                    rows = run_one(scenario, resolve(algo), seed, args.rounds, Path(tmp) / name)
                     saved.parent.mkdir(parents=True, exist_ok=True)
                     saved.write_text(json.dumps(rows))
                     runs.append(rows)

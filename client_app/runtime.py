@@ -8,6 +8,7 @@ first message of a process also fixes torch's intra-op threads (``torch_threads`
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -55,13 +56,39 @@ ClientApp process per message, so an in-process cache alone would reload and re-
 the whole dataset for every message)."""
 
 
+def source_fingerprint(task_name: str, data_dir: Path) -> str:
+    """What a cached partition was built from besides the run config: the source files of the
+    task's classes (a loader edited under the same task name, e.g. another subset size, is a
+    different cache entry) and the name, size and modification time of each top-level entry of
+    ``data_dir`` (replaced dataset files are too). Cheap enough for every message.
+    """
+    h = hashlib.sha256()
+    for cls in type(get_task(task_name)).__mro__[:-1]:
+        source = inspect.getsourcefile(cls)
+        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+        if source and os.path.isfile(source):
+            h.update(Path(source).read_bytes())
+    with os.scandir(data_dir) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name != CACHE:
+                st = entry.stat()
+                h.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
 def _split(config_items: tuple[tuple[str, Any], ...], pid: int, num: int) -> ClientSplit:
-    """This partition's split, from ``<data-dir>/.dualflower-cache/`` when cached there."""
+    """This partition's split, from ``<data-dir>/.dualflower-cache/`` when cached there (keyed
+    by the run config's data keys and ``source_fingerprint``).
+    """
     config = dict(config_items)
     if not config["data-dir"]:
         return build_federation(federation_spec(config, num)).clients[pid]
-    digest = hashlib.sha256(repr(config_items).encode()).hexdigest()[:16]
-    path = Path(str(config["data-dir"])) / CACHE / digest / f"partition-{pid}-of-{num}.npz"
+    data_dir = Path(str(config["data-dir"]))
+    if not data_dir.is_dir():  # the task's own loader names the problem
+        return build_federation(federation_spec(config, num)).clients[pid]
+    key = repr(config_items) + source_fingerprint(str(config["task"]), data_dir)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = data_dir / CACHE / digest / f"partition-{pid}-of-{num}.npz"
     if path.exists():
         with np.load(path) as f:
             return ClientSplit(

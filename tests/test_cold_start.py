@@ -65,6 +65,31 @@ def test_cached_partition_path_imports_no_sklearn_pandas_scipy(tmp_path: Path) -
     assert hit == {"before": [], "after": [], "n": first["n"]}
 
 
+def test_partition_cache_is_keyed_by_loader_source_and_data_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loader edited under the same task name, or replaced data files, never reuse a cached
+    partition (the benchmark's subset task once silently reused a 1 % subset's cache)."""
+    from client_app import runtime
+    from tasks import registry
+    from tasks.digits import DigitsTask
+
+    (tmp_path / "data.bin").write_bytes(b"one")
+    first = runtime.source_fingerprint("digits", tmp_path)
+    assert runtime.source_fingerprint("digits", tmp_path) == first
+    (tmp_path / runtime.CACHE).mkdir()  # the cache itself does not count
+    assert runtime.source_fingerprint("digits", tmp_path) == first
+
+    class EditedDigits(DigitsTask):
+        """digits under its own name, from another loader."""
+
+    monkeypatch.setitem(registry.TASKS, "digits", EditedDigits)
+    assert runtime.source_fingerprint("digits", tmp_path) != first
+    monkeypatch.undo()
+    (tmp_path / "data.bin").write_bytes(b"two!")
+    assert runtime.source_fingerprint("digits", tmp_path) != first
+
+
 def _cases() -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(0)
     cases = []

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from methods.registry import METHODS
 from server_app.api import run_in_process
 from server_app.config import validate_run_config
 from server_app.suboptimality import damped_newton, global_objective, initial_theta, optimum
@@ -112,7 +113,11 @@ def convex(rounds: int, eta: float, damping: float | None) -> list[str]:
                     "num-server-rounds": rounds,
                     "fraction-evaluate": 0.0,
                     "seed": 0,
-                    "client-weighting": "examples",
+                    "client-weighting": (  # scaffold takes no weighting: it refuses the key
+                        "examples"
+                        if "client-weighting" in METHODS[over["algorithm"]].params
+                        else "auto"
+                    ),
                     "local-test-fraction": 0.0,
                     "device": "cpu",
                     "run-name": f"{task}-{method}",

@@ -63,27 +63,32 @@ MAX_HALVINGS = 6
 """Most step halvings of one stage (``run_stage``): ``lr·2^-6`` at the last attempt."""
 
 
-def stage_objective(inp: SolverInput, names: list[str], term: Quadratic) -> tuple[float, float]:
-    """``(f_i, Φ = f_i + q)`` at the current parameters, full-batch, in eval mode (no dropout,
-    so no draw from torch's RNG and no gradient), the model's mode restored afterwards.
+def stage_objective(
+    inp: SolverInput, names: list[str], term: Quadratic | None
+) -> tuple[float, float]:
+    """``(f_i, Φ = f_i + q)`` at the current parameters (``q = 0`` without a term), full-batch,
+    in eval mode (no dropout, so no draw from torch's RNG and no gradient), the model's mode
+    restored afterwards.
     """
     training = inp.model.training
     inp.model.eval()
     with torch.no_grad():
         data = float(inp.task.objective(inp.model, inp.train.x, inp.train.y))
     inp.model.train(training)
-    return data, data + term.value(inp.named(names))
+    return data, data + (0.0 if term is None else term.value(inp.named(names)))
 
 
 def run_stage(
     inp: SolverInput,
     names: list[str],
     epochs: int,
-    term: Quadratic,
+    term: Quadratic | None,
     stop: Callable[[], bool] | None = None,
 ) -> float:
     """Proximal-gradient SGD (``local_sgd`` with ``quadratic=term``) on the stage objective
     ``Φ(w) = f_i(w) + q(w)``, with a divergence safeguard; returns the last epoch's mean loss.
+    Without a term (FedAlt's and FedRep's stages) it is plain SGD on ``f_i``, safeguarded the
+    same way.
 
     Step range. The stage term ``q`` is the quadratic ``(ρ/α_i)/2‖w − u^t‖² + ⟨π_i/α_i, w − u^t⟩``
     (shared stage) or ``(σ/α_i)/2‖v − v_i^t‖²`` (personal stage): its curvature ``κ = ρ/α_i`` (or

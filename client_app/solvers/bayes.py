@@ -436,9 +436,7 @@ def ivon(inp: SolverInput) -> SolverOutput:
     return out
 
 
-BAYES_SGD = Solver(
-    "bayes-sgd", isotropic, returns=(MEAN, DUAL_MEAN), keeps=(V_STATE,)
-)
+BAYES_SGD = Solver("bayes-sgd", isotropic, returns=(MEAN, DUAL_MEAN), keeps=(V_STATE,))
 """Isotropic Bayesian ADMM client (local SGD)."""
 VON = Solver(
     "von",

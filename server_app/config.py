@@ -47,6 +47,16 @@ def _method(raw: Mapping[str, Any]) -> Method:
     return METHODS[str(_checked(params_of(RunConfig)["algorithm"], raw["algorithm"]))]
 
 
+def unused_as_auto(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with every key its algorithm does not use set to ``'auto'`` (its default): one
+    shared protocol (a benchmark's batch size, weighting or curvature settings) can then be
+    applied to methods that take different keys, where ``resolve`` refuses a non-default value
+    of a key the method would ignore.
+    """
+    own = {**params_of(RunConfig), **_method(raw).params}
+    return {k: (v if k in own else AUTO) for k, v in raw.items()}
+
+
 def _checked(spec: Param, value: Any) -> Scalar:
     try:
         typed = spec.typed(value)

@@ -165,3 +165,18 @@ def test_console_names_a_refused_key_before_anything_starts(
     assert named in out.stderr
     assert "SuperLink pid" not in out.stdout
     assert not (tmp_path / "home").exists()
+
+
+def test_unused_as_auto_lets_one_protocol_cover_methods_with_other_keys() -> None:
+    """A shared protocol (here client weighting and FOOF damping) is refused for a method that
+    does not take those keys, and resolves once ``unused_as_auto`` has reset them."""
+    from server_app.config import unused_as_auto
+
+    raw = default_config() | {"algorithm": "scaffold", "client-weighting": "examples", "damping": 0.1}
+    with pytest.raises(ConfigError, match="client-weighting='examples' is not a hyper-parameter"):
+        validate_run_config(raw)
+    cleaned = unused_as_auto(raw)
+    assert cleaned["client-weighting"] == cleaned["damping"] == "auto"
+    assert cleaned["batch-size"] == raw["batch-size"] and cleaned["seed"] == raw["seed"]
+    resolved = validate_run_config(cleaned)
+    assert resolved["client-weighting"] == "uniform" and resolved["lr"] == 0.05

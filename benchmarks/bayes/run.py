@@ -40,6 +40,7 @@ from torch import nn
 from client_app.app import app as client_app
 from protocol.records import ROUND, SHARED
 from server_app.app import run_federation
+from server_app.config import unused_as_auto
 from server_app.inprocess import InProcessGrid
 from tasks import registry
 from tasks.base import DataOptions, Task
@@ -181,7 +182,7 @@ def quadratic_part(rounds: int, out: Path, seed: int = 0) -> str:
             cfg |= {"seed": seed, "num-server-rounds": rounds + 1, "output-dir": str(out)}
             cfg["run-name"] = f"q-{cfg['algorithm']}-{len(list(out.glob('*')))}"
             grid = InProcessGrid(client_app, CLIENTS)
-            run_federation(grid, cfg)
+            run_federation(grid, unused_as_auto(cfg))
             target = targets["fedadmm" if cfg["algorithm"] == "fedadmm" else "bayes"]
             errors = [
                 float(np.linalg.norm(m - target) / np.linalg.norm(target))
@@ -305,13 +306,11 @@ def run_deep(
     task_name, task_class, runs = DEEP_TASKS[task]
     registry.TASKS[task_name] = task_class
     cfg = defaults() | DEEP_BASE | {"task": task_name} | runs[name]
-    if cfg["algorithm"] == "ivon-admm":  # takes no client weighting (refuses the key)
-        cfg["client-weighting"] = defaults()["client-weighting"]
     if task == "fmnist":
         cfg["data-dir"] = data_dir
     cfg |= {"seed": seed, "num-server-rounds": rounds, "output-dir": str(out)}
     cfg["run-name"] = f"{name.replace(' ', '-').strip('()')}-{seed}"
-    run_dir = run_federation(InProcessGrid(client_app, 10), cfg)
+    run_dir = run_federation(InProcessGrid(client_app, 10), unused_as_auto(cfg))
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -27,9 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from methods.registry import METHODS
 from server_app.api import run_in_process
-from server_app.config import validate_run_config
+from server_app.config import unused_as_auto, validate_run_config
 from server_app.suboptimality import damped_newton, global_objective, initial_theta, optimum
 from tasks.federation import federation_spec
 
@@ -113,18 +112,14 @@ def convex(rounds: int, eta: float, damping: float | None) -> list[str]:
                     "num-server-rounds": rounds,
                     "fraction-evaluate": 0.0,
                     "seed": 0,
-                    "client-weighting": (  # scaffold takes no weighting: it refuses the key
-                        "examples"
-                        if "client-weighting" in METHODS[over["algorithm"]].params
-                        else "auto"
-                    ),
+                    "client-weighting": "examples",
                     "local-test-fraction": 0.0,
                     "device": "cpu",
                     "run-name": f"{task}-{method}",
                 }
                 | (newton if over["algorithm"] in ("fedpm", "localnewton") else {})
             )
-            rows = run(cfg, 10)
+            rows = run(unused_as_auto(cfg), 10)  # scaffold takes no client-weighting
             sub = [max(r["subopt"], 0.0) for r in rows]
             hit = next((r["round"] for r, s in zip(rows, sub, strict=True) if s <= 1e-8), None)
             ratios = [b / a for a, b in itertools.pairwise(sub[1:]) if a > 1e-14][-3:]
@@ -166,7 +161,7 @@ def cnn(rounds: int, seeds: list[int], steps: int) -> list[str]:
                     "run-name": f"cnn-{method}-{seed}",
                 }
             )
-            rows = run(cfg, 10)
+            rows = run(unused_as_auto(cfg), 10)  # the FOOF keys only for the FOOF methods
             accs.append(rows[-1]["global-accuracy"])
             mids.append(rows[rounds // 2]["global-accuracy"])
             mbs.append(rows[-1]["bytes-up"] / rows[-1]["clients"] / 2**20)

@@ -155,23 +155,33 @@ REMOTE_ONLY = ("resume-from", "device")
 """Keys whose check needs the machine that runs the ServerApp (a path there, its CUDA)."""
 
 
-def check_overrides(app: Path, overrides: str, *, local: bool = True) -> dict[str, Scalar]:
+SERVERAPP = "server_app.app:app"
+"""dualflower's ServerApp in an app's ``[tool.flwr.app.components]``."""
+
+
+def check_overrides(app: Path, overrides: str, *, local: bool = True) -> dict[str, Scalar] | None:
     """Resolve the app's run-config defaults (``<app>/pyproject.toml``) with ``overrides``
     (``flwr run --run-config`` syntax) before anything is started, so that a refused key is
     shown on the console that submitted it with its value and allowed range (a bare ``flwr
     run`` shows only "Invalid run configuration" for an unknown key). ``local=False`` (a
     deployment, whose ServerApp runs elsewhere) leaves ``REMOTE_ONLY`` keys to the server.
+    Another Flower app (its ServerApp is not ``SERVERAPP``, e.g. the overhead benchmark's stock
+    FedAvg) is not checked here: None.
     """
     from flwr.common.config import parse_config_args
 
     try:
         with (app / "pyproject.toml").open("rb") as fh:
-            raw = dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+            flwr_app = tomllib.load(fh)["tool"]["flwr"]["app"]
+        raw = dict(flwr_app["config"])
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as err:
         raise ConfigError(
             f"{app} is not a dualflower app directory: its pyproject.toml has no readable "
             f"[tool.flwr.app.config] ({type(err).__name__}: {err})"
         ) from None
+    components = flwr_app.get("components")
+    if isinstance(components, dict) and components.get("serverapp") != SERVERAPP:
+        return None
     try:
         given = parse_config_args([overrides]) if overrides else {}
     except Exception as err:  # Flower's parser raises on malformed TOML fragments

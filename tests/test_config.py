@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -180,3 +181,19 @@ def test_unused_as_auto_lets_one_protocol_cover_methods_with_other_keys() -> Non
     assert cleaned["batch-size"] == raw["batch-size"] and cleaned["seed"] == raw["seed"]
     resolved = validate_run_config(cleaned)
     assert resolved["client-weighting"] == "uniform" and resolved["lr"] == 0.05
+
+
+def test_check_overrides_leaves_other_flower_apps_to_their_own_serverapp(tmp_path: Path) -> None:
+    """``dualflower-run`` also launches other Flower apps (the overhead benchmark's stock
+    FedAvg): their run config is not dualflower's, so the console check skips them."""
+    from server_app.config import check_overrides
+
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.flwr.app.components]\nserverapp = "stock:server_app"\nclientapp = "stock:client_app"\n'
+        '[tool.flwr.app.config]\nbench-file = ""\n'
+    )
+    assert check_overrides(tmp_path, "bench-file='x.json'") is None
+    ours = (tmp_path / "pyproject.toml").read_text().replace("stock:server_app", "server_app.app:app")
+    (tmp_path / "pyproject.toml").write_text(ours)
+    with pytest.raises(ConfigError, match="unknown run-config key"):
+        check_overrides(tmp_path, "bench-file='x.json'")

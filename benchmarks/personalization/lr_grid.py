@@ -10,7 +10,7 @@ all of them. Runs of the ``CHECKS`` scenarios (Fashion-MNIST, too slow for the w
 count for stability only, where they exist.
 
     python -m benchmarks.personalization.run --rounds 20 --scenarios digits-dir0.1 mfeat \\
-        --algorithms fedavg-lr0.1 fedavg-lr0.05 ...      # every method × grid point
+        --algorithms fedavg-lr0.2 fedavg-lr0.1 fedavg-lr0.05 ...   # every method × grid point
     python -m benchmarks.personalization.lr_grid          # the table and the choice
 """
 

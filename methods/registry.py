@@ -160,7 +160,7 @@ FEDREP: Mapping[str, Scalar] = {**EXAMPLES, "personal-epochs": 5, "shared-epochs
 Fashion-MNIST check diverged on seed 1 (train loss 18 in round 1, 67 in round 3; the body never
 recovered: 0.61 at round 20) and, before the stage safeguard, on seed 2 (9.6e5 in round 3);
 stability first gives lr 0.1 (Fashion-MNIST 0.937 ± 0.009 on 3 seeds, digits Dirichlet(0.1)
-0.896, mfeat 0.902)."""
+0.902, mfeat 0.902)."""
 
 NEWTON_ADMM: Mapping[str, Scalar] = {"rho": 1.0}
 """``newton-admm``'s ρ. The delta-method client problem in ``m`` has the quadratic part

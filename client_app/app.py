@@ -26,7 +26,7 @@ from protocol.records import (
 )
 from protocol.round import RoundValues
 from tasks.materialize import resolve_device
-from tasks.registry import get_task
+from tasks.registry import task_of
 
 app = ClientApp()
 
@@ -86,7 +86,7 @@ def _personal_metrics(
     sk = assemble_model(config, u, state, device, overlay=SOLVERS[solver].evaluates)
     dtype = next(sk.model.parameters()).dtype
     _, test = client_data(config, context, device, dtype)
-    scores = get_task(str(config["task"])).evaluate(sk.model, test.x, test.y)
+    scores = task_of(config).evaluate(sk.model, test.x, test.y)
     return {"num-examples": len(test), "partition-id": pid, **scores}
 
 
@@ -152,7 +152,7 @@ def train(msg: Message, context: Context) -> Message:
         k: torch.as_tensor(a.numpy(), device=device)
         for k, a in msg.content.array_records[SHARED].items()
     }
-    task = get_task(str(config["task"]))
+    task = task_of(config)
     received = {
         name: {k: torch.as_tensor(a.numpy(), device=device) for k, a in record.items()}
         for name, record in msg.content.array_records.items()

@@ -176,8 +176,10 @@ def client_data(
 
 
 @lru_cache(maxsize=8)
-def _skeleton(task_name: str, personalization: str, seed: int, device: torch.device) -> Skeleton:
-    sk = build_skeleton(get_task(task_name), personalization, seed)
+def _skeleton(
+    task_name: str, model: str, personalization: str, seed: int, device: torch.device
+) -> Skeleton:
+    sk = build_skeleton(get_task(task_name, model), personalization, seed)
     sk.model.to(device)
     return Skeleton(sk.model, {k: v.to(device) for k, v in sk.init.items()}, sk.shared, sk.personal)
 
@@ -197,7 +199,13 @@ def assemble_model(
     has no ``overlay`` group yet). Raises ValueError if ``u`` does not hold exactly the shared
     parameters.
     """
-    sk = _skeleton(str(config["task"]), str(config["personalization"]), int(config["seed"]), device)
+    sk = _skeleton(
+        str(config["task"]),
+        str(config.get("model", "")),
+        str(config["personalization"]),
+        int(config["seed"]),
+        device,
+    )
     if list(u.keys()) != sk.shared:
         raise ValueError(
             f"received shared block {list(u.keys())[:4]}... does not match this model's "

@@ -66,6 +66,15 @@ class RunConfig:
         )
     )
     task: str = field(choice("task", "digits", TASKS, "dataset and model"))
+    model: str = field(
+        choice(
+            "model",
+            "deep",
+            ("deep", "convex"),
+            "the task's network or its convex model ('auto': the method's, where the task "
+            "offers it, else the task's first)",
+        )
+    )
     num_server_rounds: int = field(num("num-server-rounds", int, 20, 1, 100_000, "rounds"))
     fraction_train: float = field(
         num("fraction-train", float, 1.0, 0.0, 1.0, "share of clients sampled to train", True)

@@ -60,7 +60,9 @@ PERSONAL_MODES = ("output", "input", "split-input", "paper")
 @dataclass(frozen=True)
 class Method:
     """One algorithm. ``personalization[0]`` is its default mode; ``presets`` are the values
-    it gives keys left at ``'auto'``; ``check`` an extra config rule (before round 1).
+    it gives keys left at ``'auto'``; ``check`` an extra config rule (before round 1);
+    ``model`` the model kind it is defined for, used where the task offers it (``''``: the
+    task's default model).
     """
 
     name: str
@@ -71,6 +73,7 @@ class Method:
     summary: str
     presets: Mapping[str, Preset] = field(default_factory=dict)
     check: ConfigCheck | None = None
+    model: str = ""
 
     def __post_init__(self) -> None:
         """Refuse a solver whose messages do not fit the rule, or presets of foreign keys."""
@@ -107,10 +110,14 @@ class Method:
 
     def value(self, key: str, default: Scalar, run: Mapping[str, Scalar] | None = None) -> Scalar:
         """What ``'auto'`` means for ``key`` in this method: its preset (its first
-        personalization mode; a rule's value for the run's keys ``run``), else ``default``.
+        personalization mode; its ``model`` where the run's task offers it, else the task's
+        first; a rule's value for the run's keys ``run``), else ``default``.
         """
         if key == "personalization":
             return self.personalization[0]
+        if key == "model":
+            offered = get_task(str((run or {}).get("task", "digits"))).models
+            return self.model if self.model in offered else offered[0]
         preset = self.presets.get(key, default)
         return preset(run or {}) if callable(preset) else preset
 
@@ -131,10 +138,11 @@ largest point without a diverged run (FedAvg mean final accuracy 0.925 over the 
 
 
 def _convex(run: Mapping[str, Scalar]) -> bool:
-    """Whether the run's model is convex (a linear task without personal blocks)."""
-    return bool(get_task(str(run.get("task", "digits"))).convex) and run.get(
-        "personalization", "none"
-    ) in ("none", "auto")
+    """Whether the run's model is convex (a linear model without personal blocks)."""
+    task = get_task(str(run.get("task", "digits")))
+    model = str(run.get("model", "auto"))
+    chosen = model if model in task.models else task.models[0]  # an unoffered one is refused
+    return chosen == "convex" and run.get("personalization", "none") in ("none", "auto")
 
 
 def _by_convexity(convex: Scalar, deep: Scalar) -> Callable[[Mapping[str, Scalar]], Scalar]:
@@ -305,6 +313,7 @@ METHODS: dict[str, Method] = {
             "Bayesian ADMM, full covariance: VON / closed form on quadratics (small models)",
             NEWTON_ADMM,
             check=check_full_covariance,
+            model="convex",
         ),
         Method(
             "ivon-admm",
@@ -345,6 +354,7 @@ METHODS: dict[str, Method] = {
             "FedNL-style global Newton (no compression): fedpm with newton-steps=1, hessian",
             {"newton-steps": 1, "curvature": "hessian"},
             check_fedpm,
+            model="convex",
         ),
         Method(
             "scaffold",

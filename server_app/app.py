@@ -32,7 +32,7 @@ from strategies.base import EvaluateFn, FederationError, GlobalSampler, ResumePo
 from tasks.federation import build_federation, federation_spec
 from tasks.materialize import as_tensors, build_skeleton, resolve_device
 from tasks.metrics import probabilistic_metrics
-from tasks.registry import get_task
+from tasks.registry import task_of
 
 app = ServerApp()
 
@@ -47,7 +47,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> Path:
     """Validate ``run_config`` (before anything is sent), run every round, return the run dir."""
     cfg, origins = resolve(run_config)
     ckpt = load_resume(cfg) if cfg["resume-from"] else None
-    task = get_task(str(cfg["task"]))
+    task = task_of(cfg)
     skeleton = build_skeleton(task, str(cfg["personalization"]), int(cfg["seed"]))
     initial = to_record({k: skeleton.init[k] for k in skeleton.shared})
     method = METHODS[str(cfg["algorithm"])]
@@ -142,7 +142,7 @@ def _global_evaluation(
     model = skeleton.model.to(device)
     dtype = next(model.parameters()).dtype
     data = as_tensors(test, device, dtype)
-    task = get_task(str(cfg["task"]))
+    task = task_of(cfg)
 
     labels = data.y.cpu().numpy()
     draws = int(cfg["eval-samples"])

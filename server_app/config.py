@@ -102,7 +102,11 @@ def resolve(raw: Mapping[str, Any]) -> tuple[dict[str, Scalar], dict[str, str]]:
             cfg[key], origins[key] = spec.default, "default"
         elif auto:
             cfg[key] = _checked(spec, method.value(key, spec.default, cfg))
-            preset = key in method.presets or key == "personalization"
+            preset = (
+                key in method.presets
+                or key == "personalization"
+                or (key == "model" and cfg[key] == method.model)
+            )
             origins[key] = "method" if preset else "default"
         else:
             cfg[key] = _checked(spec, value)
@@ -123,9 +127,12 @@ def validate_run_config(raw: Mapping[str, Any]) -> dict[str, Scalar]:
 
 def _check_combinations(cfg: Mapping[str, Scalar], method: Method) -> None:
     from tasks.personalization import PersonalizationError, split_names
-    from tasks.registry import get_task
+    from tasks.registry import task_of
 
-    task = get_task(str(cfg["task"]))
+    try:
+        task = task_of(cfg)
+    except ValueError as err:
+        raise ConfigError(f"run config model: {err}") from None
     mode = str(cfg["personalization"])
     if mode not in method.personalization:
         raise ConfigError(

@@ -26,19 +26,23 @@ from tasks.registry import get_task
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
 
-def global_objective(spec: FederationSpec, weighting: str, seed: int) -> tuple[Objective, Any]:
-    """``θ ↦ f(θ)`` (float64, flat shared layout) and the float64 layout ``{name: shape}``."""
-    task = get_task(spec.task)
+def global_objective(
+    spec: FederationSpec, weighting: str, seed: int, model: str = ""
+) -> tuple[Objective, Any]:
+    """``θ ↦ f(θ)`` (float64, flat shared layout) and the float64 layout ``{name: shape}`` of
+    the task's ``model`` (``''``: its default).
+    """
+    task = get_task(spec.task, model)
     skeleton = build_skeleton(task, "none", seed)
-    model = copy.deepcopy(skeleton.model).to(torch.float64)
-    shapes = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    net = copy.deepcopy(skeleton.model).to(torch.float64)
+    shapes = {k: tuple(v.shape) for k, v in net.named_parameters()}
     clients = [c.train for c in build_federation(spec).clients if len(c.train)]
     total = sum(len(c) for c in clients)
     parts = []
     for data in clients:
         tensors = as_tensors(data, torch.device("cpu"), torch.float64)
         weight = len(data) / total if weighting == "examples" else 1.0 / len(clients)
-        parts.append(flat_objective(task, model, tensors.x, tensors.y, shapes, weight))
+        parts.append(flat_objective(task, net, tensors.x, tensors.y, shapes, weight))
 
     def f(theta: torch.Tensor) -> torch.Tensor:
         return torch.stack([part(theta) for part in parts]).sum()
@@ -74,25 +78,29 @@ def damped_newton(
         yield theta, float(value)
 
 
-def initial_theta(spec: FederationSpec, seed: int, shapes: Mapping[str, Any]) -> torch.Tensor:
-    """The model's initial shared weights, flat in ``shapes``' layout."""
-    skeleton = build_skeleton(get_task(spec.task), "none", seed)
+def initial_theta(
+    spec: FederationSpec, seed: int, shapes: Mapping[str, Any], model: str = ""
+) -> torch.Tensor:
+    """The ``model``'s initial shared weights, flat in ``shapes``' layout."""
+    skeleton = build_skeleton(get_task(spec.task, model), "none", seed)
     return flatten({k: skeleton.init[k] for k in shapes})
 
 
 @lru_cache(maxsize=8)
-def optimum(spec: FederationSpec, weighting: str, seed: int) -> tuple[torch.Tensor, float]:
-    """``(θ*, f*)`` of the global objective by damped Newton in float64 (cached)."""
-    f, shapes = global_objective(spec, weighting, seed)
-    *_, last = damped_newton(f, initial_theta(spec, seed, shapes))
+def optimum(
+    spec: FederationSpec, weighting: str, seed: int, model: str = ""
+) -> tuple[torch.Tensor, float]:
+    """``(θ*, f*)`` of the global objective of ``model`` by damped Newton in float64 (cached)."""
+    f, shapes = global_objective(spec, weighting, seed, model)
+    *_, last = damped_newton(f, initial_theta(spec, seed, shapes, model))
     return last
 
 
 def subopt_fn(cfg: Mapping[str, Any], spec: FederationSpec) -> Callable[[Mapping[str, Any]], float]:
     """``arrays ↦ f(θ) − f*`` for the run's global model (``arrays``: name -> numpy array)."""
-    weighting, seed = str(cfg["client-weighting"]), int(cfg["seed"])
-    f, shapes = global_objective(spec, weighting, seed)
-    _, f_star = optimum(spec, weighting, seed)
+    weighting, seed, model = str(cfg["client-weighting"]), int(cfg["seed"]), str(cfg["model"])
+    f, shapes = global_objective(spec, weighting, seed, model)
+    _, f_star = optimum(spec, weighting, seed, model)
 
     def subopt(arrays: Mapping[str, Any]) -> float:
         theta = flatten({k: torch.as_tensor(np.asarray(arrays[k])) for k in shapes})

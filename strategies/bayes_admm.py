@@ -85,7 +85,8 @@ def check_full_covariance(config: Mapping[str, Any], num_shared: int) -> str | N
         return (
             f"algorithm={config['algorithm']!r} keeps full {num_shared}x{num_shared} precision "
             f"matrices; it allows at most {MAX_FULL_DIM} shared parameters (this task's model "
-            f"has {num_shared}); use 'ivon-admm' (diagonal) or a smaller model"
+            f"has {num_shared}); use 'ivon-admm' (diagonal) or a smaller model (model='convex' "
+            "where the task offers one)"
         )
     return None
 

@@ -167,10 +167,10 @@ def decode_curvature(kind: str, arrays: Mapping[str, Any]) -> Arrays:
 def model_layout(config: Mapping[str, Any]) -> tuple[nn.Module, list[str]]:
     """The task's model (built under a forked RNG) and its shared parameter names."""
     from tasks.personalization import split_names
-    from tasks.registry import get_task
+    from tasks.registry import task_of
 
     with torch.random.fork_rng(devices=[]):
-        model = get_task(str(config["task"])).build_model(str(config["personalization"]))
+        model = task_of(config).build_model(str(config["personalization"]))
     shared, _ = split_names(model, str(config["personalization"]))
     return model, shared
 
@@ -196,7 +196,8 @@ def check_fedpm(config: Mapping[str, Any], num_shared: int) -> str | None:
             f"upload {curv / 2**20:.1f} MB of curvature per client and round for task="
             f"{config['task']!r} ({num_shared} shared parameters, {params / 2**20:.2f} MB), over "
             f"curvature-cap-mb={config['curvature-cap-mb']}; use curvature='foof' or 'diagonal', "
-            f"a smaller model, or raise curvature-cap-mb"
+            f"a smaller model (model='convex' where the task offers one), or raise "
+            "curvature-cap-mb"
         )
     return None
 

@@ -35,9 +35,26 @@ class Task(ABC):
     name: str = ""
     l2: float = 0.0
     natural_clients: bool = False
-    convex: bool = False
-    """The objective is convex in the parameters (a unique optimum: ``subopt`` is logged)."""
+    models: tuple[str, ...] = ("deep",)
+    """The models the task offers, its default first: ``deep`` (a network) or ``convex``
+    (multinomial logistic regression with the L2 term: strongly convex, a unique optimum)."""
+    model: str = ""
+    """The chosen one of ``models`` (``''`` = the default); set by ``select_model``."""
     default_partitioner: str = "iid"
+
+    @property
+    def convex(self) -> bool:
+        """The objective is convex in the parameters (a unique optimum: ``subopt`` is logged)."""
+        return (self.model or self.models[0]) == "convex"
+
+    def select_model(self, model: str) -> None:
+        """Use ``model`` (``''`` = the task's default); ValueError names the offered ones."""
+        if model and model not in self.models:
+            raise ValueError(
+                f"task={self.name!r} has no model={model!r}; it offers: "
+                + ", ".join(map(repr, self.models))
+            )
+        self.model = model or self.models[0]
 
     @abstractmethod
     def load(self, options: DataOptions) -> TaskData:

@@ -15,7 +15,7 @@ class BreastCancerTask(Task):
 
     name = "breast-cancer"
     l2 = 1e-3
-    convex = True
+    models = ("convex",)
 
     def load(self, options: DataOptions) -> TaskData:
         """Load, hold out 20 % for the server, standardise."""

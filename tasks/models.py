@@ -59,6 +59,7 @@ class LogisticRegression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits."""
+        x = x.flatten(1)  # images (digits' convex model) as feature vectors
         out: torch.Tensor = self.linear(x[:, : self.shared_features])
         if hasattr(self, "linear_p"):
             out = out + self.linear_p(x[:, self.shared_features :])

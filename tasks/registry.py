@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from tasks.base import Task
 from tasks.breast_cancer import BreastCancerTask
@@ -43,8 +44,17 @@ TASKS: dict[str, Callable[[], Task]] = {
 }
 
 
-def get_task(name: str) -> Task:
-    """The task called ``name``; raises ValueError listing the known tasks otherwise."""
+def get_task(name: str, model: str = "") -> Task:
+    """The task called ``name`` with ``model`` (one of its ``models``; ``''`` = its default);
+    raises ValueError listing the known tasks, or the task's models, otherwise.
+    """
     if name not in TASKS:
         raise ValueError(f"task={name!r} is unknown; allowed: {', '.join(TASKS)}")
-    return TASKS[name]()
+    task = TASKS[name]()
+    task.select_model(model)
+    return task
+
+
+def task_of(config: Mapping[str, Any]) -> Task:
+    """The task and model a run config names (``task``, ``model``)."""
+    return get_task(str(config["task"]), str(config.get("model", "")))

@@ -46,7 +46,7 @@ class SyntheticTask(Task):
 
     name = "synthetic"
     l2 = 1e-3
-    convex = True
+    models = ("convex",)
     natural_clients = True
     default_partitioner = "natural"
 

@@ -405,7 +405,7 @@ def test_negative_precision_is_floored_counted_and_logged(
 @pytest.mark.parametrize(
     ("over", "message"),
     [
-        ({"algorithm": "newton-admm"}, "at most 1024 shared parameters"),  # digits CNN
+        ({"algorithm": "newton-admm", "model": "deep"}, "at most 1024 shared parameters"),
         ({"algorithm": "ivon-admm", "mc-samples": 0}, "needs mc-samples >= 1"),
     ],
 )

@@ -197,3 +197,44 @@ def test_check_overrides_leaves_other_flower_apps_to_their_own_serverapp(tmp_pat
     (tmp_path / "pyproject.toml").write_text(ours)
     with pytest.raises(ConfigError, match="unknown run-config key"):
         check_overrides(tmp_path, "bench-file='x.json'")
+
+
+def test_model_preset_and_refusals() -> None:
+    """``model='auto'``: the method's model kind where the task offers it (newton-admm and
+    fednl: digits' convex model, origin ``method``), else the task's first; a model the task
+    does not offer is refused, naming what it offers."""
+    from server_app.config import resolve
+
+    base = default_config()
+    cfg, origins = resolve(base | {"algorithm": "fednl"})
+    assert (cfg["model"], origins["model"]) == ("convex", "method")
+    cfg, origins = resolve(base | {"algorithm": "fedavg"})
+    assert (cfg["model"], origins["model"]) == ("deep", "default")
+    cfg, _ = resolve(base | {"algorithm": "fedavg", "task": "breast-cancer"})
+    assert cfg["model"] == "convex"
+    cfg, origins = resolve(base | {"algorithm": "fedavg", "model": "convex"})
+    assert (cfg["model"], origins["model"]) == ("convex", "user")
+    with pytest.raises(ConfigError, match="has no model='convex'; it offers: 'deep'"):
+        resolve(base | {"task": "mfeat", "model": "convex"})
+    with pytest.raises(ConfigError, match="at most 1024 shared parameters.*model='convex'"):
+        resolve(base | {"algorithm": "newton-admm", "model": "deep"})
+    with pytest.raises(ConfigError, match="model='convex' where the task offers one"):
+        resolve(base | {"algorithm": "fednl", "model": "deep"})
+    with pytest.raises(ConfigError, match="personalization"):  # no personal head on it
+        resolve(base | {"algorithm": "fedper", "model": "convex", "personalization": "output"})
+
+
+def test_digits_convex_model() -> None:
+    """digits' convex model: logistic regression on the 64 pixels with the L2 term; the CNN
+    has none, and the convex model's split-input makes 16 pixels' weights personal."""
+    from tasks.personalization import split_names
+    from tasks.registry import get_task
+
+    cnn, convex = get_task("digits"), get_task("digits", "convex")
+    assert (cnn.convex, cnn.l2, convex.convex, convex.l2) == (False, 0.0, True, 1e-3)
+    model = convex.build_model("none")
+    assert sum(p.numel() for p in model.parameters()) == 64 * 10 + 10
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    split = convex.build_model("split-input")
+    shared, personal = split_names(split, "split-input")
+    assert personal == ["linear_p.weight"] and split.linear_p.weight.shape == (10, 16)

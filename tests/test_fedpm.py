@@ -59,7 +59,7 @@ def multi_output_clients(num: int, seed: int) -> list[tuple[np.ndarray, np.ndarr
 class ConvexLSQ(LeastSquaresTask):
     """The least-squares task, marked convex so that the server logs ``subopt``."""
 
-    convex = True
+    models = ("convex",)
 
 
 class MultiOutputLSQ(LeastSquaresTask):

@@ -3,9 +3,10 @@
 Each method of ``methods.registry.METHODS`` runs in process (``server_app.api.run_in_process``)
 with nothing set but ``algorithm``, ``task`` and the number of rounds, on
 
-* ``digits`` (the default task, a small CNN) with 2 and 10 clients, every method whose model
-  is defined there (newton-admm and fednl, exact-Hessian by definition, refuse the CNN before
-  round 1; fedpm and localnewton use their FOOF presets there);
+* ``digits`` (the default task) with 2 and 10 clients, every method: on its small CNN, except
+  newton-admm and fednl (full-covariance / exact-Hessian by definition), whose ``model``
+  preset is the task's convex model (multinomial logistic regression on the 64 pixels); fedpm
+  and localnewton use their FOOF presets on the CNN;
 * ``breast-cancer`` (logistic regression, convex) with 2 and 10 clients, every method whose
   default personalization is defined for a linear model (FedPer/FedSim/FedAlt/FedRep/FedAPM
   default to a personal output layer, which a one-layer model does not have).
@@ -27,6 +28,7 @@ from round 2) shows early. Values: benchmarks/README.md, "Method defaults: the l
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -39,9 +41,8 @@ from server_app.api import run_in_process
 SHORT = int(os.environ.get("DUALFLOWER_MATRIX_ROUNDS", "5"))
 """Rounds of the non-acceptance cases; 0 = the default ``num-server-rounds`` (module docstring)."""
 
-NOT_ON_CNN = ("newton-admm", "fednl")
-"""Exact-Hessian / full-covariance methods: refused on the digits CNN (``check``); fedpm and
-localnewton run there with their FOOF presets."""
+ON_CONVEX = ("newton-admm", "fednl")
+"""Methods whose ``model`` preset is the task's convex model (digits offers one)."""
 PERSONAL_DEFAULT = ("fedper", "fedsim", "fedalt", "fedrep", "fedapm")
 """Methods whose default personalization is a personal output layer (not on linear models)."""
 PERSONALIZED_METRIC = (*PERSONAL_DEFAULT, "ditto")
@@ -55,7 +56,7 @@ FLOORS[("breast-cancer", 10)] = 0.90
 CASES = [
     (task, name, clients)
     for task, names in (
-        ("digits", [m for m in METHODS if m not in NOT_ON_CNN]),
+        ("digits", list(METHODS)),
         ("breast-cancer", [m for m in METHODS if m not in PERSONAL_DEFAULT]),
     )
     for name in names
@@ -70,7 +71,11 @@ def test_preset_learns_at_its_defaults(
     overrides = {"algorithm": algorithm, "task": task, "output-dir": str(tmp_path)}
     if SHORT and (task, clients) != ("digits", 10):
         overrides["num-server-rounds"] = SHORT
-    rows = run_in_process(overrides, clients).rows
+    result = run_in_process(overrides, clients)
+    rows = result.rows
+    recorded = json.loads((result.run_dir / "config.json").read_text())
+    convex = algorithm in ON_CONVEX or task == "breast-cancer"
+    assert recorded["run-config"]["model"] == ("convex" if convex else "deep")
     trained = [row for row in rows if row["round"] >= 1]
     metric = "personal-accuracy" if algorithm in PERSONALIZED_METRIC else "global-accuracy"
     final = trained[-1].get(metric, math.nan)

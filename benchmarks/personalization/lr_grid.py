@@ -25,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("fedavg", "fedprox", "ditto", "fedper", "fedalt", "fedrep", "fedadmm", "fedapm")
-GRID = (0.05, 0.1, 0.2)
+GRID = (0.05, 0.1, 0.2, 0.4)
 SCENARIOS = ("digits-dir0.1", "mfeat")
 CHECKS = ("fmnist-dir0.1",)
 SEEDS = (0, 1, 2)

@@ -24,6 +24,7 @@ preset is at its floor by round 5 (2 clients hold half the data each; logistic r
 converges in a few rounds), and the failure the 2-client case guards against (FedAPM at chance
 from round 2) shows early. Values: benchmarks/README.md, "Method defaults: the learning matrix".
 ``DUALFLOWER_MATRIX_ROUNDS=0`` runs every case at the default rounds (the command of that table).
+A few cases also run on the real simulation engine: ``tests/test_learning_engine.py``.
 """
 
 from __future__ import annotations

@@ -5,12 +5,13 @@ Every method gets the same grid points, scenarios and seeds (``GRID`` × ``SCENA
 module reads the saved runs and prints, per method and lr, the mean final personalized accuracy
 per scenario, the runs that diverged (``diverged``), and the selection, stability first: among
 the grid points at which no run diverged, the one with the highest mean final accuracy over the
-grid's runs (ties to the larger lr); only if every point has a bad run, the highest mean over
-all of them. Runs of the ``CHECKS`` scenarios (Fashion-MNIST, too slow for the whole grid here)
+grid's runs, compared at three decimals, ties to the smaller lr (the wider margin to the
+divergent end of the grid); only if every point has a bad run, the highest mean over all of
+them. Runs of the ``CHECKS`` scenarios (Fashion-MNIST, too slow for the whole grid here)
 count for stability only, where they exist.
 
     python -m benchmarks.personalization.run --rounds 20 --scenarios digits-dir0.1 mfeat \\
-        --algorithms fedavg-lr0.2 fedavg-lr0.1 fedavg-lr0.05 ...   # every method × grid point
+        --algorithms fedavg-lr0.4 fedavg-lr0.2 fedavg-lr0.1 fedavg-lr0.05 ...   # method × point
     python -m benchmarks.personalization.lr_grid          # the table and the choice
 """
 
@@ -98,7 +99,7 @@ def main() -> None:
             print(f"| {method} | {lr:g} | {cols} | {extra} | {bad} | {scores[lr]:.3f} |")
         if scores:
             pool = stable or set(scores)
-            chosen[method] = max(pool, key=lambda lr: (round(scores[lr], 3), lr))
+            chosen[method] = max(pool, key=lambda lr: (round(scores[lr], 3), -lr))
     print()
     print("chosen: " + ", ".join(f"{m} lr={lr:g}" for m, lr in chosen.items()))
 

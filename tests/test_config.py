@@ -238,3 +238,5 @@ def test_digits_convex_model() -> None:
     split = convex.build_model("split-input")
     shared, personal = split_names(split, "split-input")
     assert personal == ["linear_p.weight"] and split.linear_p.weight.shape == (10, 16)
+    assert sorted(shared) == ["linear.bias", "linear.weight"]
+    assert split.linear.weight.shape == (10, 48)

@@ -37,7 +37,7 @@ ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 1, "num-partitio
               "data-dir": config["data-dir"]}, state=RecordDict(), run_config={})
 before = {m for m in ("sklearn", "pandas", "scipy") if m in sys.modules}
 train, test = runtime.client_data(config, ctx, torch.device("cpu"), torch.float32)
-model = runtime._skeleton("digits", "none", 0, torch.device("cpu")).model
+model = runtime._skeleton("digits", "", "none", 0, torch.device("cpu")).model
 probs = torch.softmax(model(test.x), 1).detach().double().numpy()
 classification_metrics(test.y.numpy(), probs, 0.0)
 after = sorted(m for m in ("sklearn", "pandas", "scipy") if m in sys.modules)

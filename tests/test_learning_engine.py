@@ -3,13 +3,12 @@ real simulation engine too (``dualflower-run``: private SuperLink, Ray), not onl
 
 * ``fedapm`` with 2 clients (the preset that collapsed to chance in round 2, in process and
   deployed, before its stage safeguard): personalized accuracy ≥ 0.80 after 5 rounds;
-* ``ivon-admm`` with 10 clients at the default number of rounds (the issue's first acceptance
-  item): global accuracy ≥ 0.85;
 * ``fednl`` with 10 clients on digits' convex model (its ``model`` preset): global accuracy
   ≥ 0.85 after 5 rounds, and ``config.json`` records the model and its origin.
 
 Nothing else is set but the rounds and the output directory. Floors as in
-``tests/test_learning_matrix.py``.
+``tests/test_learning_matrix.py``, which runs every preset (IVON-ADMM at the default rounds
+included) in process; two engine runs keep CI within its time budget.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ pytestmark = pytest.mark.engine
 
 CASES = [
     ("fedapm", 2, 5, "personal-accuracy", 0.80),
-    ("ivon-admm", 10, 0, "global-accuracy", 0.85),
     ("fednl", 10, 5, "global-accuracy", 0.85),
 ]
 """(algorithm, clients, rounds (0 = the default), metric, floor)."""
